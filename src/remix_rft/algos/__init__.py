@@ -1,0 +1,63 @@
+"""The ReMix algorithm core: pure tensor math, no model, I/O or config.
+
+- core: masked reductions, `agg_loss`, the Mix-PPG clipped `policy_loss`, KL penalties and KL-Convex,
+  the critic's `value_loss`, entropy, off-policy health statistics.
+- advantages: GRPO / Dr.GRPO group advantages, GAE, sequence-reward placement.
+- registry: name -> function registries for policy losses and advantage estimators.
+"""
+
+from remix_rft.algos.advantages import gae, grpo_advantages, sequence_rewards_to_tokens
+from remix_rft.algos.core import (
+    AGG_MODES,
+    KL_KINDS,
+    LOG_RATIO_CLAMP,
+    agg_loss,
+    effective_sample_size,
+    entropy_from_logits,
+    kl_convex,
+    kl_convex_weight,
+    kl_penalty,
+    masked_mean,
+    masked_sum,
+    masked_whiten,
+    policy_loss,
+    ratio_statistics,
+    value_loss,
+)
+from remix_rft.algos.registry import (
+    ADVANTAGE_ESTIMATORS,
+    POLICY_LOSSES,
+    UnknownNameError,
+    get_advantage_estimator,
+    get_policy_loss,
+    register_advantage_estimator,
+    register_policy_loss,
+)
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "AGG_MODES",
+    "KL_KINDS",
+    "LOG_RATIO_CLAMP",
+    "POLICY_LOSSES",
+    "UnknownNameError",
+    "agg_loss",
+    "effective_sample_size",
+    "entropy_from_logits",
+    "gae",
+    "get_advantage_estimator",
+    "get_policy_loss",
+    "grpo_advantages",
+    "kl_convex",
+    "kl_convex_weight",
+    "kl_penalty",
+    "masked_mean",
+    "masked_sum",
+    "masked_whiten",
+    "policy_loss",
+    "ratio_statistics",
+    "register_advantage_estimator",
+    "register_policy_loss",
+    "sequence_rewards_to_tokens",
+    "value_loss",
+]

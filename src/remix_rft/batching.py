@@ -1,0 +1,214 @@
+"""Token batches and teacher-forced log-probs / values: the trainer's hot loop.
+
+Layout: prompts left-padded to P columns, responses right-padded to R columns, ``input_ids`` is [B, P+R].
+The logits predicting response token h (0-based) come from position P-1+h, so the response's logits are positions
+P-1 .. P+R-2 and the last input token is never needed as input. position_ids = cumsum(attention_mask) - 1 (0 on
+left padding), which is what HF ``generate`` and our sampler use, so teacher-forced and sampled log-probs agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class TokenBatch:
+    input_ids: torch.LongTensor  # [B, P+R]
+    attention_mask: torch.LongTensor  # [B, P+R]
+    position_ids: torch.LongTensor  # [B, P+R]
+    response_ids: torch.LongTensor  # [B, R]
+    response_mask: torch.Tensor  # [B, R] float 0/1
+    prompt_length: int  # P
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def response_length(self) -> int:
+        return self.response_ids.shape[1]
+
+    def select(self, index: Sequence[int] | Tensor) -> TokenBatch:
+        """The rows in `index`, without the columns that are padding in every selected row (both sides)."""
+        rows = torch.as_tensor(index, dtype=torch.long, device=self.input_ids.device)
+        if rows.numel() == 0:
+            raise ValueError("select() needs at least one row")
+        attention = self.attention_mask[rows]
+        prompt_length = self.prompt_length
+        used_prompt_columns = attention[:, :prompt_length].any(dim=0).nonzero()
+        first = int(used_prompt_columns[0]) if len(used_prompt_columns) else prompt_length
+        used_response_columns = attention[:, prompt_length:].any(dim=0).nonzero()
+        response_length = int(used_response_columns[-1]) + 1 if len(used_response_columns) else 0
+        end = prompt_length + response_length
+        return TokenBatch(
+            input_ids=self.input_ids[rows, first:end],
+            attention_mask=attention[:, first:end],
+            position_ids=self.position_ids[rows, first:end],
+            response_ids=self.response_ids[rows, :response_length],
+            response_mask=self.response_mask[rows, :response_length],
+            prompt_length=prompt_length - first,
+        )
+
+    def to(self, device: str | torch.device) -> TokenBatch:
+        return TokenBatch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            position_ids=self.position_ids.to(device),
+            response_ids=self.response_ids.to(device),
+            response_mask=self.response_mask.to(device),
+            prompt_length=self.prompt_length,
+        )
+
+
+def collate(
+    prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_token_id: int
+) -> TokenBatch:
+    """Left-pad the prompts and right-pad the responses into one batch. Every prompt needs at least one token."""
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(f"collate: {len(prompt_ids)} prompts but {len(response_ids)} responses")
+    if not prompt_ids:
+        raise ValueError("collate: empty batch")
+    for row, prompt in enumerate(prompt_ids):
+        if len(prompt) == 0:
+            raise ValueError(
+                f"collate: prompt of row {row} is empty (the first response token needs a context)"
+            )
+    batch_size = len(prompt_ids)
+    prompt_length = max(len(p) for p in prompt_ids)
+    response_length = max(len(r) for r in response_ids)
+    input_ids = torch.full((batch_size, prompt_length + response_length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    responses = torch.full((batch_size, response_length), pad_token_id, dtype=torch.long)
+    response_mask = torch.zeros((batch_size, response_length), dtype=torch.float32)
+    for row, (prompt, response) in enumerate(zip(prompt_ids, response_ids)):
+        start, end = prompt_length - len(prompt), prompt_length + len(response)
+        input_ids[row, start:prompt_length] = torch.as_tensor(prompt, dtype=torch.long)
+        input_ids[row, prompt_length:end] = torch.as_tensor(response, dtype=torch.long)
+        attention_mask[row, start:end] = 1
+        responses[row, : len(response)] = input_ids[row, prompt_length:end]
+        response_mask[row, : len(response)] = 1.0
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_(min=0)
+    return TokenBatch(input_ids, attention_mask, position_ids, responses, response_mask, prompt_length)
+
+
+def split_by_token_budget(batch: TokenBatch, max_tokens: int | None) -> list[list[int]]:
+    """Row groups whose padded size after `select` (rows x (longest prompt + longest response)) fits max_tokens.
+
+    Rows are packed longest first so similar lengths share a group (less padding); a row longer than the budget
+    gets a group of its own. Indices inside a group are ascending. ``None`` -> one group with every row.
+    """
+    batch_size = len(batch)
+    if max_tokens is None:
+        return [list(range(batch_size))]
+    if max_tokens <= 0:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    prompt_lengths = batch.attention_mask[:, : batch.prompt_length].sum(dim=1).tolist()
+    response_lengths = batch.attention_mask[:, batch.prompt_length :].sum(dim=1).tolist()
+    order = sorted(range(batch_size), key=lambda i: prompt_lengths[i] + response_lengths[i], reverse=True)
+    groups: list[list[int]] = []
+    current: list[int] = []
+    longest_prompt = longest_response = 0
+    for row in order:
+        prompt_max = max(longest_prompt, prompt_lengths[row])
+        response_max = max(longest_response, response_lengths[row])
+        if current and (len(current) + 1) * (prompt_max + response_max) > max_tokens:
+            groups.append(sorted(current))
+            current, prompt_max, response_max = [], prompt_lengths[row], response_lengths[row]
+        current.append(row)
+        longest_prompt, longest_response = prompt_max, response_max
+    groups.append(sorted(current))
+    return groups
+
+
+def _response_logits(model: torch.nn.Module, batch: TokenBatch) -> Tensor:
+    """[b, R, V] logits at positions P-1 .. P+R-2, computing the LM head on those positions only."""
+    return model(
+        input_ids=batch.input_ids[:, :-1],
+        attention_mask=batch.attention_mask[:, :-1],
+        position_ids=batch.position_ids[:, :-1],
+        logits_to_keep=batch.response_length,
+        use_cache=False,
+    ).logits
+
+
+def _logprobs_one(
+    model: torch.nn.Module, batch: TokenBatch, temperature: float, with_entropy: bool
+) -> tuple[Tensor, Tensor | None]:
+    if batch.response_length == 0:  # logits_to_keep=0 would mean "all positions" to HF
+        empty = batch.response_mask.new_zeros(batch.response_mask.shape)
+        return empty, (empty.clone() if with_entropy else None)
+    logits = _response_logits(model, batch).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    # log p(token) = logit(token) - logsumexp(logits): no full [b, R, V] log-softmax tensor is kept for backward.
+    log_normaliser = torch.logsumexp(logits, dim=-1)
+    logprobs = logits.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1) - log_normaliser
+    keep = batch.response_mask.bool()
+    logprobs = torch.where(keep, logprobs, torch.zeros_like(logprobs))
+    if not with_entropy:
+        return logprobs, None
+    entropy = log_normaliser - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+    return logprobs, torch.where(keep, entropy, torch.zeros_like(entropy))
+
+
+def _per_group(batch: TokenBatch, max_tokens: int | None, compute) -> list[Tensor | None]:
+    """Run `compute(sub_batch) -> tuple of [b, R_sub] tensors` per micro-batch and reassemble [B, R] outputs."""
+    groups = split_by_token_budget(batch, max_tokens)
+    if len(groups) == 1:
+        return list(compute(batch))
+    response_length = batch.response_length
+    pieces: list[list[Tensor | None]] = []
+    for group in groups:
+        outputs = compute(batch.select(group))
+        pieces.append([None if o is None else F.pad(o, (0, response_length - o.shape[1])) for o in outputs])
+    order = torch.tensor([row for group in groups for row in group], device=batch.input_ids.device)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    results: list[Tensor | None] = []
+    for position in range(len(pieces[0])):
+        if pieces[0][position] is None:
+            results.append(None)
+        else:
+            results.append(torch.cat([piece[position] for piece in pieces])[inverse])
+    return results
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    batch: TokenBatch,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    max_tokens: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """[B, R] float32 log-probs of the response tokens under log_softmax(logits / temperature), 0 where masked.
+
+    Also the per-token entropy of that distribution when `with_entropy`. Autograd is kept when grad is enabled.
+    Micro-batches of at most `max_tokens` padded tokens bound the [b, R, V] float32 logits held at once.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    logprobs, entropy = _per_group(
+        batch, max_tokens, lambda sub: _logprobs_one(model, sub, temperature, with_entropy)
+    )
+    return logprobs, entropy
+
+
+def _values_one(value_model: torch.nn.Module, batch: TokenBatch) -> tuple[Tensor]:
+    if batch.response_length == 0:
+        return (batch.response_mask.new_zeros(batch.response_mask.shape),)
+    values = value_model(
+        input_ids=batch.input_ids[:, :-1],
+        attention_mask=batch.attention_mask[:, :-1],
+        position_ids=batch.position_ids[:, :-1],
+    )[:, batch.prompt_length - 1 :].float()
+    return (torch.where(batch.response_mask.bool(), values, torch.zeros_like(values)),)
+
+
+def token_values(value_model: torch.nn.Module, batch: TokenBatch, max_tokens: int | None = None) -> Tensor:
+    """[B, R]: the value of state (x, y_<h), read from the value head at position P-1+h; 0 where masked."""
+    (values,) = _per_group(batch, max_tokens, lambda sub: _values_one(value_model, sub))
+    return values

@@ -1,0 +1,208 @@
+"""Replay buffer of past rollout groups for Mix-PPG (METHOD.md section 1).
+
+Data is stored at prompt-group granularity so GRPO groups stay whole, and every group carries the version
+(training step) of the policy that generated it plus its behaviour log-probs (LESSONS.md #2).
+
+Trainer protocol at step k: `evict(k)` (keeps versions k-N..k-1, the last N policies), then `sample(...)` the
+replayed groups, update, then `add` the fresh groups of step k with version=k.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+_GROUP_FIELDS = (
+    "version",
+    "prompt_ids",
+    "response_ids",
+    "behaviour_logprobs",
+    "rewards",
+    "advantages",
+    "meta",
+)
+
+
+def _as_float_vector(value: Any, what: str) -> torch.Tensor:
+    tensor = torch.as_tensor(value, dtype=torch.float32).detach().cpu()
+    if tensor.dim() != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+@dataclass
+class RolloutGroup:
+    """All responses sampled for one prompt at one training step.
+
+    Tensors are stored as float32 on the CPU (lists of floats are accepted and converted).
+    """
+
+    version: int  # training step whose policy generated it
+    prompt_ids: list[int]
+    response_ids: list[list[int]]  # one per sample
+    behaviour_logprobs: list[torch.Tensor]  # float32, len == len(response_ids[i])
+    rewards: torch.Tensor  # [G] sequence rewards
+    advantages: torch.Tensor  # [G] per-sequence advantage computed at generation time
+    meta: dict = field(default_factory=dict)  # JSON-serialisable extras (example id, answer, texts, ...)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
+            raise ValueError(f"RolloutGroup.version must be an int >= 0, got {self.version!r}")
+        self.prompt_ids = [int(token) for token in self.prompt_ids]
+        self.response_ids = [[int(token) for token in response] for response in self.response_ids]
+        group_size = len(self.response_ids)
+        if group_size == 0:
+            raise ValueError("RolloutGroup needs at least one response")
+        if len(self.behaviour_logprobs) != group_size:
+            raise ValueError(
+                f"RolloutGroup has {group_size} responses but "
+                f"{len(self.behaviour_logprobs)} behaviour_logprobs"
+            )
+        self.behaviour_logprobs = [
+            _as_float_vector(logprobs, f"behaviour_logprobs[{i}]")
+            for i, logprobs in enumerate(self.behaviour_logprobs)
+        ]
+        for i, (response, logprobs) in enumerate(zip(self.response_ids, self.behaviour_logprobs)):
+            if logprobs.numel() != len(response):
+                raise ValueError(
+                    f"RolloutGroup response {i} has {len(response)} tokens but "
+                    f"{logprobs.numel()} behaviour_logprobs"
+                )
+        self.rewards = _as_float_vector(self.rewards, "rewards")
+        self.advantages = _as_float_vector(self.advantages, "advantages")
+        if self.rewards.numel() != group_size:
+            raise ValueError(f"RolloutGroup has {group_size} responses but {self.rewards.numel()} rewards")
+        if self.advantages.numel() != group_size:
+            raise ValueError(
+                f"RolloutGroup has {group_size} responses but {self.advantages.numel()} advantages"
+            )
+        if not isinstance(self.meta, dict):
+            raise ValueError(f"RolloutGroup.meta must be a dict, got {type(self.meta).__name__}")
+        for key, value in self.meta.items():
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"RolloutGroup.meta[{key!r}] is not JSON-serialisable: {error}") from None
+
+    @property
+    def num_responses(self) -> int:
+        return len(self.response_ids)
+
+    @property
+    def num_response_tokens(self) -> int:
+        return sum(len(response) for response in self.response_ids)
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain dict of lists/tensors/JSON values (loadable with torch.load(weights_only=True))."""
+        return {
+            "version": self.version,
+            "prompt_ids": list(self.prompt_ids),
+            "response_ids": [list(response) for response in self.response_ids],
+            "behaviour_logprobs": [logprobs.clone() for logprobs in self.behaviour_logprobs],
+            "rewards": self.rewards.clone(),
+            "advantages": self.advantages.clone(),
+            "meta_json": json.dumps(self.meta),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RolloutGroup:
+        missing = [key for key in (*_GROUP_FIELDS[:-1], "meta_json") if key not in state]
+        if missing:
+            raise ValueError(f"RolloutGroup state is missing keys {missing}")
+        return cls(
+            version=state["version"],
+            prompt_ids=state["prompt_ids"],
+            response_ids=state["response_ids"],
+            behaviour_logprobs=state["behaviour_logprobs"],
+            rewards=state["rewards"],
+            advantages=state["advantages"],
+            meta=json.loads(state["meta_json"]),
+        )
+
+
+class ReplayBuffer:
+    """Rollout groups of the last `history_window` policies, sampled uniformly without replacement.
+
+    Sampling uses its own seeded torch.Generator, which `state_dict` saves, so a resumed run draws exactly
+    the same groups as an uninterrupted one (LESSONS.md #8). `sample` returns the stored group objects
+    themselves, not copies.
+    """
+
+    def __init__(self, history_window: int, seed: int = 0) -> None:
+        if isinstance(history_window, bool) or not isinstance(history_window, int) or history_window < 1:
+            raise ValueError(f"history_window must be an int >= 1, got {history_window!r}")
+        self.history_window = history_window
+        self.seed = seed
+        self._groups: list[RolloutGroup] = []
+        self._generator = torch.Generator(device="cpu")
+        self._generator.manual_seed(seed)
+
+    def add(self, groups: Sequence[RolloutGroup]) -> None:
+        for i, group in enumerate(groups):
+            if not isinstance(group, RolloutGroup):
+                raise TypeError(f"ReplayBuffer.add: item {i} is a {type(group).__name__}, not a RolloutGroup")
+        self._groups.extend(groups)
+
+    def evict(self, current_version: int) -> int:
+        """Drop groups with version < current_version - history_window; return how many were dropped."""
+        oldest_kept = current_version - self.history_window
+        kept = [group for group in self._groups if group.version >= oldest_kept]
+        dropped = len(self._groups) - len(kept)
+        self._groups = kept
+        return dropped
+
+    def sample(self, num_groups: int) -> list[RolloutGroup]:
+        """`num_groups` distinct held groups, uniformly at random (order is the draw order)."""
+        if num_groups < 0:
+            raise ValueError(f"cannot sample a negative number of groups ({num_groups})")
+        if num_groups > len(self._groups):
+            raise ValueError(
+                f"cannot sample {num_groups} groups: the replay buffer holds {len(self._groups)}"
+            )
+        if num_groups == 0:
+            return []
+        order = torch.randperm(len(self._groups), generator=self._generator)[:num_groups]
+        return [self._groups[i] for i in order.tolist()]
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def versions(self) -> list[int]:
+        """Distinct policy versions held, ascending."""
+        return sorted({group.version for group in self._groups})
+
+    @property
+    def num_responses(self) -> int:
+        return sum(group.num_responses for group in self._groups)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: groups (in order), window, seed and the generator state."""
+        return {
+            "history_window": self.history_window,
+            "seed": self.seed,
+            "generator_state": self._generator.get_state(),
+            "groups": [group.to_state() for group in self._groups],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = [key for key in ("history_window", "seed", "generator_state", "groups") if key not in state]
+        if missing:
+            raise ValueError(f"replay buffer state is missing keys {missing}")
+        if state["history_window"] != self.history_window:
+            raise ValueError(
+                f"replay buffer state has history_window={state['history_window']} but this buffer was built "
+                f"with history_window={self.history_window}"
+            )
+        groups = []
+        for i, group_state in enumerate(state["groups"]):
+            try:
+                groups.append(RolloutGroup.from_state(group_state))
+            except ValueError as error:
+                raise ValueError(f"replay buffer state, group {i}: {error}") from None
+        self._generator.set_state(state["generator_state"])
+        self.seed = state["seed"]
+        self._groups = groups

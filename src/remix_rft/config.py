@@ -1,0 +1,387 @@
+"""Typed, validated run configuration: YAML files plus `key.sub=value` command-line overrides.
+
+Every knob is named for what it does. The arithmetic a user needs (see README):
+  responses generated per step = fresh prompts x samples_per_prompt, where fresh prompts =
+      prompts_per_step - round(offpolicy_fraction x prompts_per_step) in the mix phase, prompts_per_step after;
+  optimizer steps per training step = updates_per_batch x (training responses / minibatch_size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from remix_rft.data.prompts import DEFAULT_INSTRUCTION
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or out of range; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"  # embedded default, a local HF dir, a hub name, or "tiny-random[:SEED]"
+    dtype: str = "float32"  # weights dtype: float32 | bfloat16
+    autocast_bf16: bool = False  # bf16 autocast for forward passes (CPU or GPU) with float32 weights
+    gradient_checkpointing: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "grpo"  # grpo | ppo (ppo trains a critic and uses GAE)
+    advantage_estimator: str | None = None  # default: "grpo" for grpo, "gae" for ppo; "drgrpo" also built in
+    policy_loss: str = "mix_ppg"  # registry name; mix_ppg reduces to the PPO clipped loss on fresh data
+    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
+    loss_norm_len: int | None = None  # the constant for seq-mean-token-sum-norm (default: rollout.max_new_tokens)
+    clip_eps: float = 0.2
+    kl_coef: float = 0.001  # beta: weight of the KL(-Convex) penalty
+    kl_estimator: str = "k3"  # k1 | k2 | k3 (low_var_kl)
+    kl_in_reward: bool = False  # PPO-style: subtract kl_coef * k1 from the token rewards instead of a loss term
+    entropy_coef: float = 0.0
+    gamma: float = 1.0  # GAE discount (ppo)
+    gae_lambda: float = 1.0  # GAE lambda (ppo)
+    value_clip: float = 0.5  # critic clipping range (ppo)
+    whiten_advantages: bool = True  # whiten GAE advantages over the batch's response tokens (ppo)
+    grpo_eps: float = 1e-6
+
+
+@dataclass
+class ReMixConfig:
+    enabled: bool = True  # False: plain on-policy PPO/GRPO (p = 0, one update pass, no reincarnation)
+    offpolicy_fraction: float = 0.4  # p: share of each step's prompts replayed from past policies
+    history_window: int = 2  # N: replay from the rollouts of the last N policies
+    updates_per_batch: int = 2  # m: passes over the mixed batch per step (update-to-data ratio)
+    reincarnate_at: int | None = 50  # T: last mix-phase step; null = never switch back to on-policy
+    kl_convex: bool = True  # False: the KL term uses the base reference only (weight 1)
+    kl_convex_start: int = 50
+    kl_convex_interval: int = 10
+    kl_convex_decrement: float = 0.1
+    kl_convex_floor: float = 0.5
+    precedent: str = "lagged"  # lagged: a copy of the previous step's weights; proximal: reuse pi_k's log-probs
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 4
+    minibatch_size: int = 16  # responses per optimizer step
+    micro_batch_tokens: int = 4096  # padded tokens per forward/backward (bounds memory); grads accumulate
+    lr: float = 1e-6
+    critic_lr: float = 1e-5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    seed: int = 0
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_batch_size: int = 64  # sequences per generate() call
+    behaviour_logprobs: str = "recompute"  # recompute: trainer log-probs of pi_k (as verl); engine: the sampler's
+
+
+@dataclass
+class DataConfig:
+    train: str = "arithmetic"  # a built-in name, a .jsonl/.json/.parquet path, or hf:NAME[:SPLIT]
+    train_options: dict[str, Any] = field(default_factory=dict)  # e.g. arithmetic: {size, digits, operations}
+    data_dir: str | None = None  # paper data sets (defaults to $REMIX_DATA_DIR)
+    problem_key: str | None = None
+    answer_key: str | None = None
+    limit: int | None = None
+    instruction: str | None = DEFAULT_INSTRUCTION
+    system_prompt: str | None = None
+
+
+@dataclass
+class RewardConfig:
+    name: str = "math"
+    format_weight: float = 0.0
+    timeout: float = 5.0
+    correct_reward: float = 1.0
+    incorrect_reward: float = 0.0
+    require_boxed: bool = False
+    num_workers: int = 1
+    custom: str | None = None  # package.module:function
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list[str] = field(default_factory=lambda: ["arithmetic"])
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-benchmark load_examples options
+    every: int = 0  # evaluate every N steps during training (0: only before and after)
+    before_training: bool = True
+    after_training: bool = True
+    limit: int | None = 100
+    greedy: bool = True
+    samples: int = 1
+    temperature: float = 0.6
+    max_new_tokens: int | None = None  # default: rollout.max_new_tokens
+
+
+@dataclass
+class LoggingConfig:
+    output_dir: str = "runs"
+    run_name: str | None = None  # default: <algorithm>-<timestamp>
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "remix-rft"
+    progress: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # save every N steps (0: only at the end)
+    keep: int = 2  # most recent checkpoints kept
+    save_final: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    remix: ReMixConfig = field(default_factory=ReMixConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def advantage_estimator(self) -> str:
+        if self.algorithm.advantage_estimator:
+            return self.algorithm.advantage_estimator
+        return "gae" if self.algorithm.name == "ppo" else "grpo"
+
+    def validate(self) -> Config:
+        """Check ranges and cross-field constraints; raise ConfigError naming the key."""
+        a, r, t, ro = self.algorithm, self.remix, self.train, self.rollout
+        _check(a.name in ("grpo", "ppo"), "algorithm.name", f"must be 'grpo' or 'ppo', got {a.name!r}")
+        _check(a.loss_agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"), "algorithm.loss_agg",
+               f"unknown aggregation {a.loss_agg!r}")
+        _check(a.kl_estimator in ("k1", "k2", "k3", "low_var_kl"), "algorithm.kl_estimator",
+               f"must be k1, k2 or k3, got {a.kl_estimator!r}")
+        _check(a.clip_eps > 0, "algorithm.clip_eps", f"must be > 0, got {a.clip_eps}")
+        _check(a.kl_coef >= 0, "algorithm.kl_coef", f"must be >= 0, got {a.kl_coef}")
+        _check(0 <= a.gamma <= 1 and 0 <= a.gae_lambda <= 1, "algorithm.gamma/gae_lambda", "must be in [0, 1]")
+        if self.advantage_estimator == "gae":
+            _check(a.name == "ppo", "algorithm.advantage_estimator", "gae needs a critic: use algorithm.name=ppo")
+        _check(0 <= r.offpolicy_fraction < 1, "remix.offpolicy_fraction",
+               f"must be in [0, 1), got {r.offpolicy_fraction}")
+        _check(r.history_window >= 1, "remix.history_window", f"must be >= 1, got {r.history_window}")
+        _check(r.updates_per_batch >= 1, "remix.updates_per_batch", f"must be >= 1, got {r.updates_per_batch}")
+        _check(r.reincarnate_at is None or r.reincarnate_at >= 0, "remix.reincarnate_at",
+               f"must be >= 0 or null, got {r.reincarnate_at}")
+        _check(r.precedent in ("lagged", "proximal"), "remix.precedent", f"must be lagged or proximal, got {r.precedent!r}")
+        _check(0 <= r.kl_convex_floor <= 1, "remix.kl_convex_floor", "must be in [0, 1]")
+        _check(r.kl_convex_interval >= 1, "remix.kl_convex_interval", "must be >= 1")
+        _check(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
+        _check(t.prompts_per_step >= 1, "train.prompts_per_step", f"must be >= 1, got {t.prompts_per_step}")
+        _check(t.samples_per_prompt >= 1, "train.samples_per_prompt", f"must be >= 1, got {t.samples_per_prompt}")
+        if a.name == "grpo":
+            _check(t.samples_per_prompt >= 2, "train.samples_per_prompt",
+                   "GRPO needs at least 2 samples per prompt (group-normalised advantages)")
+        batch = t.prompts_per_step * t.samples_per_prompt
+        _check(t.minibatch_size >= 1 and batch % t.minibatch_size == 0, "train.minibatch_size",
+               f"must divide the batch of prompts_per_step x samples_per_prompt = {batch} responses, "
+               f"got {t.minibatch_size}")
+        if r.enabled:
+            from remix_rft.schedule import ReMixSchedule
+
+            try:  # the schedule owns the replay arithmetic (half-up rounding, at least one fresh prompt)
+                ReMixSchedule(t.prompts_per_step, r.offpolicy_fraction, r.updates_per_batch, r.reincarnate_at)
+            except ValueError as err:
+                raise ConfigError(f"config key 'remix.offpolicy_fraction': {err}") from None
+        _check(t.micro_batch_tokens >= 1, "train.micro_batch_tokens", "must be >= 1")
+        _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
+        _check(ro.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
+        _check(ro.temperature > 0, "rollout.temperature", f"must be > 0, got {ro.temperature}")
+        _check(0 < ro.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {ro.top_p}")
+        _check(ro.behaviour_logprobs in ("recompute", "engine"), "rollout.behaviour_logprobs",
+               "must be recompute or engine")
+        _check(self.model.dtype in ("float32", "bfloat16"), "model.dtype", f"must be float32 or bfloat16, got {self.model.dtype!r}")
+        _check(self.eval.samples >= 1, "eval.samples", "must be >= 1")
+        _check(self.eval.every >= 0, "eval.every", "must be >= 0")
+        _check(self.checkpoint.every >= 0 and self.checkpoint.keep >= 1, "checkpoint", "every >= 0 and keep >= 1")
+        return self
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# building a Config from dicts, YAML files and overrides
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the field's annotated type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"config key '{key}': invalid value {value!r}")
+    if annotation is Any:
+        return value
+    if value is None:
+        raise ConfigError(f"config key '{key}': must not be null")
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, args[0] if args else Any, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return {k: _coerce(v, args[1] if args else Any, f"{key}.{k}") for k, v in value.items()}
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return int(as_float)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known keys under "
+                          f"'{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _build(Config, data, "").validate()
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and value:
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`a.b.c=value` -> {"a": {"b": {"c": value}}}; the value is parsed as YAML (numbers, bools, null, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip().lstrip("-")
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path, or the name of a built-in config (`remix-grpo`, `grpo`, `ppo`, `remix-ppo`, ...)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    builtin = BUILTIN_CONFIG_DIR / f"{name_or_path.removesuffix('.yaml')}.yaml"
+    if builtin.exists():
+        return builtin
+    known = ", ".join(sorted(p.stem for p in BUILTIN_CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file '{name_or_path}' not found (built-in configs: {known})")
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
+    return data
+
+
+def load_config(config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file (optional) <- `key.sub=value` overrides, then validated."""
+    data: dict[str, Any] = {}
+    if config is not None:
+        path = resolve_config_path(str(config))
+        data = load_yaml(path)
+        try:
+            _build(Config, data, "")  # report unknown keys against the file before overrides are mixed in
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+    for text in overrides:
+        data = deep_merge(data, parse_override(text))
+    return config_from_dict(data)

@@ -1,0 +1,109 @@
+"""Run-directory logging: `metrics.jsonl` (always), TensorBoard and Weights & Biases (when enabled)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf; null keeps the line parseable by every reader
+    if hasattr(value, "item"):
+        return _jsonable(value.item())
+    return value
+
+
+class MetricsLogger:
+    """Appends one JSON object per line to `<run_dir>/metrics.jsonl`, mirrored to TensorBoard / W&B.
+
+    Lines carry a "type": "train" (one per step), "eval" (held-out evaluations) or "event" (e.g. reincarnation).
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False, wandb_project: str | None = None,
+                 run_name: str | None = None, config: dict | None = None, resume: bool = False):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+        self._tb = None
+        self._wandb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            except ImportError:
+                logger.warning("tensorboard is not installed (pip install tensorboard): TensorBoard logging is off")
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError as err:
+                raise RuntimeError("logging.wandb=true needs `pip install wandb`") from err
+            self._wandb = wandb.init(project=wandb_project, name=run_name, config=config, dir=str(run_dir),
+                                     resume="allow" if resume else None, id=run_name if resume else None)
+
+    def log(self, record: dict[str, Any]) -> None:
+        clean = {k: _jsonable(v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+        step = int(clean.get("step", 0))
+        numeric = {k: v for k, v in clean.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        if self._tb is not None:
+            for key, value in numeric.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(numeric, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Parse a metrics.jsonl; a malformed line raises ValueError naming the file and line."""
+    records = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: malformed JSON line in metrics file ({err.msg})") from None
+    return records
+
+
+def truncate_metrics_after(path: Path, step: int) -> int:
+    """Drop records logged after `step` (a crash after the last checkpoint); returns how many were dropped.
+
+    The file is rewritten atomically so a crash here loses nothing that was kept.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record_step = json.loads(line).get("step", 0)
+        except json.JSONDecodeError:
+            dropped += 1  # a line cut by the crash
+            continue
+        if record_step is not None and record_step > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+    return dropped

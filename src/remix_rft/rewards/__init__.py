@@ -1,0 +1,30 @@
+"""Rewards: the paper's math-correctness reward (math-verify in killable worker processes), a format bonus,
+user functions by import path, and their sum."""
+
+from remix_rft.rewards.base import RewardFunction, Score
+from remix_rft.rewards.combined import CombinedReward
+from remix_rft.rewards.custom import CustomReward, load_callable
+from remix_rft.rewards.factory import REWARD_NAMES, build_reward, summarise_scores
+from remix_rft.rewards.format_reward import FormatReward
+from remix_rft.rewards.math_reward import DEFAULT_MAX_RESPONSE_CHARS, MathReward, answer_region, gold_answers
+from remix_rft.rewards.verifier import STATUSES, GradeResult, VerifierError, VerifierPool
+
+__all__ = [
+    "DEFAULT_MAX_RESPONSE_CHARS",
+    "REWARD_NAMES",
+    "STATUSES",
+    "CombinedReward",
+    "CustomReward",
+    "FormatReward",
+    "GradeResult",
+    "MathReward",
+    "RewardFunction",
+    "Score",
+    "VerifierError",
+    "VerifierPool",
+    "answer_region",
+    "build_reward",
+    "gold_answers",
+    "load_callable",
+    "summarise_scores",
+]

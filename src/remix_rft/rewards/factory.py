@@ -1,0 +1,73 @@
+"""Building the reward from config names, and the verifier metrics the trainer logs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from remix_rft.rewards.base import RewardFunction, Score
+from remix_rft.rewards.combined import CombinedReward
+from remix_rft.rewards.custom import CustomReward
+from remix_rft.rewards.format_reward import FormatReward
+from remix_rft.rewards.math_reward import MathReward
+from remix_rft.rewards.verifier import DEFAULT_TIMEOUT, STATUS_ERROR, STATUS_NO_ANSWER, STATUS_TIMEOUT
+
+REWARD_NAMES = ("math", "custom")
+
+
+def build_reward(
+    name: str = "math",
+    *,
+    format_weight: float = 0.0,
+    timeout: float = DEFAULT_TIMEOUT,
+    correct_reward: float = 1.0,
+    incorrect_reward: float = 0.0,
+    require_boxed: bool = False,
+    num_workers: int = 1,
+    custom: str | None = None,
+) -> RewardFunction:
+    """The training / evaluation reward.
+
+    name "math": the paper's correctness reward; with `custom` the custom function's value is added to it.
+    name "custom" (or a `package.module:function` path as the name): the custom function is the primary
+    reward and decides correctness. `format_weight` > 0 adds that much for a `\\boxed{}` answer.
+    """
+    if format_weight < 0:
+        raise ValueError(f"format_weight must be >= 0, got {format_weight}")
+    extras: list[RewardFunction] = []
+    if name == "math":
+        primary: RewardFunction = MathReward(
+            timeout=timeout,
+            correct_reward=correct_reward,
+            incorrect_reward=incorrect_reward,
+            require_boxed=require_boxed,
+            num_workers=num_workers,
+        )
+        if custom:
+            extras.append(CustomReward(custom))
+    elif name == "custom" or ":" in name:
+        path = custom if name == "custom" else name
+        if not path:
+            raise ValueError("reward 'custom' needs custom='package.module:function'")
+        primary = CustomReward(path)
+    else:
+        raise ValueError(
+            f"unknown reward {name!r}: choose one of {', '.join(REWARD_NAMES)} "
+            "or give 'package.module:function'"
+        )
+    if format_weight > 0:
+        extras.append(FormatReward(format_weight))
+    return CombinedReward(primary, *extras) if extras else primary
+
+
+def summarise_scores(scores: Sequence[Score]) -> dict[str, float]:
+    """Reward mean, accuracy and the grading-problem counts (no_answer / timeout / error) of a batch."""
+    count = len(scores)
+    statuses = [score.status for score in scores]
+    return {
+        "count": float(count),
+        "reward_mean": sum(score.reward for score in scores) / count if count else 0.0,
+        "accuracy": sum(bool(score.correct) for score in scores) / count if count else 0.0,
+        "no_answer": float(statuses.count(STATUS_NO_ANSWER)),
+        "timeout": float(statuses.count(STATUS_TIMEOUT)),
+        "error": float(statuses.count(STATUS_ERROR)),
+    }

@@ -1,0 +1,127 @@
+"""The paper's reward: 1 if the final answer is mathematically equivalent to the ground truth, else 0.
+
+The answer is looked for in the text after the last `</think>` (the whole response when there is none) and
+graded with math-verify, gold first, in killable worker processes (see `verifier.py`): a pathological
+response costs at most `timeout` seconds and is reported as status "timeout", never as a silent "wrong".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from decimal import Decimal
+
+from remix_rft.data.loaders import gsm8k_final_answer, last_boxed_content
+from remix_rft.data.types import Example, GroundTruth
+from remix_rft.rewards.base import Score
+from remix_rft.rewards.verifier import DEFAULT_TIMEOUT, STATUS_NO_ANSWER, VerifierPool
+
+THINK_END = "</think>"
+# The final answer is at the end of a response; math-verify's extraction regexes run over the whole text and
+# some scale worse than linearly, so megabytes of degenerate output (repetition loops) are cut to their tail
+# before grading. 20k characters hold the last few pages of reasoning, far more than any final answer needs.
+DEFAULT_MAX_RESPONSE_CHARS = 20_000
+
+
+def answer_region(response: str) -> str:
+    """The part of a response that holds the final answer: the text after the last `</think>` when present."""
+    index = response.rfind(THINK_END)
+    return response[index + len(THINK_END) :] if index >= 0 else response
+
+
+def gold_answers(answer: GroundTruth, example_id: str = "") -> list[str]:
+    """A ground truth as the list of acceptable answer strings the worker parses.
+
+    Numbers are written without float noise (142.0 -> "142", 0.5 -> "0.5", 1e-07 -> "0.0000001"); GSM8K
+    worked answers ("... #### 1,234") become "1234"; a list means any of its answers counts.
+    """
+    where = f" of example {example_id!r}" if example_id else ""
+    if isinstance(answer, bool) or answer is None:
+        raise ValueError(f"unusable ground truth {answer!r}{where}")
+    if isinstance(answer, int):
+        return [str(answer)]
+    if isinstance(answer, float):
+        if not math.isfinite(answer):
+            raise ValueError(f"unusable ground truth {answer!r}{where}")
+        return [str(int(answer))] if answer.is_integer() else [format(Decimal(repr(answer)), "f")]
+    if isinstance(answer, str):
+        text = gsm8k_final_answer(answer) if "####" in answer else answer.strip()
+        if not text:
+            raise ValueError(f"empty ground truth {answer!r}{where}")
+        return [text]
+    if isinstance(answer, (list, tuple)):
+        golds = [gold for item in answer if item is not None for gold in gold_answers(item, example_id)]
+        if not golds:
+            raise ValueError(f"empty list of ground truths{where}")
+        return golds
+    raise ValueError(f"ground truth{where} must be a string, a number or a list, got {type(answer).__name__}")
+
+
+class MathReward:
+    """Rule-based correctness reward graded by math-verify in `num_workers` worker processes.
+
+    The last `\\boxed{...}` is graded when there is one; otherwise math-verify extracts the answer ("final
+    answer is" anchors, then the final expression), unless `require_boxed`, which makes that "no_answer".
+    Owns its worker pool unless one is passed in; `close()` (or the context manager) stops the workers.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        correct_reward: float = 1.0,
+        incorrect_reward: float = 0.0,
+        require_boxed: bool = False,
+        num_workers: int = 1,
+        max_response_chars: int = DEFAULT_MAX_RESPONSE_CHARS,
+        pool: VerifierPool | None = None,
+    ):
+        if max_response_chars < 1:
+            raise ValueError(f"max_response_chars must be >= 1, got {max_response_chars}")
+        self.correct_reward = float(correct_reward)
+        self.incorrect_reward = float(incorrect_reward)
+        self.require_boxed = require_boxed
+        self.max_response_chars = max_response_chars
+        self._owns_pool = pool is None
+        self.pool = pool if pool is not None else VerifierPool(num_workers=num_workers, timeout=timeout)
+
+    def prediction_text(self, response: str) -> str | None:
+        """What is sent to the grader for a response; None when there is nothing to grade.
+
+        The last complete `\\boxed{...}` alone when there is one (the paper's protocol; math-verify by itself
+        would join several boxes into one multi-part answer), else the answer region for math-verify's own
+        extraction, unless `require_boxed`.
+        """
+        text = answer_region(response)[-self.max_response_chars :]
+        boxed = last_boxed_content(text)
+        if boxed is not None and boxed.strip():
+            return f"\\boxed{{{boxed}}}"
+        return None if self.require_boxed else text
+
+    def score(self, responses: Sequence[str], examples: Sequence[Example]) -> list[Score]:
+        if len(responses) != len(examples):
+            raise ValueError(f"{len(responses)} responses but {len(examples)} examples")
+        scores: list[Score | None] = [None] * len(responses)
+        jobs, job_positions = [], []
+        for position, (response, example) in enumerate(zip(responses, examples)):
+            golds = gold_answers(example.answer, example.id)
+            prediction = self.prediction_text(response)
+            if prediction is None:
+                scores[position] = Score(self.incorrect_reward, False, None, STATUS_NO_ANSWER)
+                continue
+            jobs.append((golds, prediction))
+            job_positions.append(position)
+        for position, result in zip(job_positions, self.pool.grade_batch(jobs)):
+            reward = self.correct_reward if result.correct else self.incorrect_reward
+            scores[position] = Score(reward, result.correct, result.extracted, result.status)
+        return [score for score in scores if score is not None]
+
+    def close(self) -> None:
+        if self._owns_pool:
+            self.pool.close()
+
+    def __enter__(self) -> MathReward:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

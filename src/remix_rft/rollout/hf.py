@@ -1,0 +1,211 @@
+"""Rollouts with a Hugging Face causal LM in the same process (CPU or one GPU).
+
+A small sampling loop of our own over the model's KV cache rather than ``model.generate``: generate can only give
+back behaviour log-probs by keeping the raw logits of every step ([rows, steps, vocab] float32, gigabytes for long
+responses), while this loop keeps one float per sampled token, and its seeded ``torch.Generator`` leaves the global
+RNG untouched. Positions follow HF's convention for left padding (cumsum(attention_mask) - 1), which is also what
+``batching.collate`` builds, so the trainer's teacher-forced log-probs reproduce the behaviour log-probs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..models import autocast_context
+from .base import Rollout, SamplingParams
+
+
+def validate_sampling(sampling: SamplingParams) -> None:
+    if sampling.max_new_tokens < 1:
+        raise ValueError(f"sampling.max_new_tokens must be >= 1, got {sampling.max_new_tokens}")
+    if sampling.greedy:
+        return
+    if sampling.temperature <= 0:
+        raise ValueError(
+            f"sampling.temperature must be > 0 (use greedy=True for argmax), got {sampling.temperature}"
+        )
+    if not 0 < sampling.top_p <= 1:
+        raise ValueError(f"sampling.top_p must be in (0, 1], got {sampling.top_p}")
+    if sampling.top_k < 0:
+        raise ValueError(f"sampling.top_k must be >= 0 (0 disables it), got {sampling.top_k}")
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set to -inf the logits outside the top-k and outside the smallest set holding probability >= top_p."""
+    if 0 < top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_index = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop_sorted = mass_before >= top_p  # the most likely token always survives (mass before it is 0)
+        drop = drop_sorted.scatter(-1, sorted_index, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(config_eos, int):
+        ids.add(config_eos)
+    elif config_eos is not None:
+        ids.update(int(i) for i in config_eos)
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model's generation_config defines an EOS token")
+    return sorted(ids)
+
+
+class HFRolloutEngine:
+    """Batched sampling from a transformers causal LM that the trainer also trains (weights are shared).
+
+    Prompts are tokenized without adding special tokens: they are already chat-formatted, and a chat template
+    writes its own BOS where the model wants one.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        max_batch_size: int = 64,
+        autocast_bf16: bool = False,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.autocast_bf16 = autocast_bf16
+        self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
+
+    def update_weights(self, model: torch.nn.Module) -> None:
+        """Nothing to copy: this engine samples from the very module the trainer updates (a different module
+        passed here simply becomes the one sampled from).
+
+        An engine with its own copy of the weights (vLLM, a server) would load `model`'s state dict here.
+        """
+        self.model = model
+
+    def generate(
+        self, prompts: Sequence[str], samples_per_prompt: int, sampling: SamplingParams
+    ) -> list[Rollout]:
+        """`samples_per_prompt` responses per prompt, grouped by prompt (all of prompt 0's first)."""
+        if samples_per_prompt < 1:
+            raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
+        validate_sampling(sampling)
+        if isinstance(prompts, str):
+            raise TypeError("generate() takes a list of prompts, got a single string")
+        if not prompts:
+            return []
+        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        for index, ids in enumerate(prompt_ids):
+            if not ids:
+                raise ValueError(f"prompt {index} is empty after tokenization")
+        rows = [(p, s) for p in range(len(prompts)) for s in range(samples_per_prompt)]
+        device = next(self.model.parameters()).device
+        generator = None
+        if sampling.seed is not None and not sampling.greedy:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(sampling.seed)
+
+        was_training = self.model.training
+        self.model.eval()
+        rollouts: list[Rollout] = []
+        try:
+            with torch.no_grad(), autocast_context(device, self.autocast_bf16):
+                for start in range(0, len(rows), self.max_batch_size):
+                    chunk = rows[start : start + self.max_batch_size]
+                    tokens, logprobs, finished = self._sample(
+                        [prompt_ids[p] for p, _ in chunk], sampling, generator
+                    )
+                    texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+                    for (p, s), response, lps, done, text in zip(chunk, tokens, logprobs, finished, texts):
+                        rollouts.append(
+                            Rollout(
+                                prompt_index=p,
+                                sample_index=s,
+                                prompt_ids=list(prompt_ids[p]),
+                                response_ids=response,
+                                text=text,
+                                finish_reason="eos" if done else "length",
+                                logprobs=lps,
+                            )
+                        )
+        finally:
+            self.model.train(was_training)
+        return rollouts
+
+    def _sample(
+        self, prompts: list[list[int]], sampling: SamplingParams, generator: torch.Generator | None
+    ) -> tuple[list[list[int]], list[list[float]], list[bool]]:
+        """Sample one response per prompt row; returns token ids, behaviour log-probs and whether EOS ended it."""
+        device = next(self.model.parameters()).device
+        batch_size, prompt_length = len(prompts), max(len(p) for p in prompts)
+        input_ids = torch.full((batch_size, prompt_length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(prompts):
+            input_ids[row, prompt_length - len(ids) :] = torch.as_tensor(ids)
+            attention_mask[row, prompt_length - len(ids) :] = 1
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_(min=0)
+        eos_ids = torch.tensor(self.eos_token_ids, device=device)
+        temperature = sampling.logprob_temperature
+        # Recent transformers name the KV-cache argument and output `cache`; older ones `past_key_values`.
+        cache_name = (
+            "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        )
+
+        finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        step_tokens: list[torch.Tensor] = []
+        step_logprobs: list[torch.Tensor] = []
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        for step in range(sampling.max_new_tokens):
+            logits = outputs.logits[:, -1, :].float() / temperature
+            logprobs = torch.log_softmax(logits, dim=-1)
+            if sampling.greedy:
+                tokens = logits.argmax(dim=-1)
+            else:
+                filtered = filter_top_k_top_p(logits, sampling.top_k, sampling.top_p)
+                tokens = torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+            # Rows that already stopped keep sampling (batched) but their tokens are dropped below.
+            step_tokens.append(tokens)
+            step_logprobs.append(logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
+            finished |= torch.isin(tokens, eos_ids)
+            if bool(finished.all()) or step + 1 == sampling.max_new_tokens:
+                break
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, 1)], dim=1)
+            position_ids = position_ids[:, -1:] + 1
+            outputs = self.model(
+                input_ids=tokens.unsqueeze(-1),
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **{cache_name: getattr(outputs, cache_name)},
+            )
+
+        all_tokens = torch.stack(step_tokens, dim=1).cpu()
+        all_logprobs = torch.stack(step_logprobs, dim=1).cpu()
+        is_eos = torch.isin(all_tokens, eos_ids.cpu())
+        token_lists, logprob_lists, ended = [], [], []
+        for row in range(batch_size):
+            eos_positions = is_eos[row].nonzero()
+            length = int(eos_positions[0]) + 1 if len(eos_positions) else all_tokens.shape[1]
+            token_lists.append(all_tokens[row, :length].tolist())
+            logprob_lists.append(all_logprobs[row, :length].tolist())
+            ended.append(bool(len(eos_positions)))
+        return token_lists, logprob_lists, ended

@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from remix_rft.batching import (
+    TokenBatch,
+    collate,
+    split_by_token_budget,
+    token_logprobs,
+    token_values,
+)
+from remix_rft.models import ValueModel
+
+PAD = 0
+
+
+def random_rows(seed: int, rows: int, vocab: int = 49152) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompts of 1..9 tokens and responses of 0..7 tokens (ids >= 3 so none is pad/bos/eos)."""
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(1, 9))] for _ in range(rows)]
+    responses = [[rng.randrange(3, vocab) for _ in range(rng.randint(0, 7))] for _ in range(rows)]
+    responses[0] = [rng.randrange(3, vocab) for _ in range(7)]  # at least one non-empty response
+    return prompts, responses
+
+
+def direct_logprobs(model, batch: TokenBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: full-sequence logits, full float32 log_softmax, response positions sliced out."""
+    logits = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    ).logits
+    P, R = batch.prompt_length, batch.response_length
+    logp_all = torch.log_softmax(logits[:, P - 1 : P + R - 1].float() / temperature, dim=-1)
+    logp = logp_all.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1) * batch.response_mask
+    entropy = -(logp_all.exp() * logp_all).sum(-1) * batch.response_mask
+    return logp, entropy
+
+
+def test_collate_layout():
+    batch = collate([[5, 6, 7], [8]], [[9], [10, 11, 12]], pad_token_id=PAD)
+    assert batch.prompt_length == 3 and batch.response_length == 3 and len(batch) == 2
+    assert batch.input_ids.tolist() == [[5, 6, 7, 9, PAD, PAD], [PAD, PAD, 8, 10, 11, 12]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 3, 3], [0, 0, 0, 1, 2, 3]]
+    assert batch.response_ids.tolist() == [[9, PAD, PAD], [10, 11, 12]]
+    assert batch.response_mask.dtype == torch.float32
+    assert batch.response_mask.tolist() == [[1, 0, 0], [1, 1, 1]]
+
+
+def test_collate_rejects_bad_input():
+    with pytest.raises(ValueError, match="row 1"):
+        collate([[1], []], [[2], [3]], pad_token_id=PAD)
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        collate([[1], [2]], [[3]], pad_token_id=PAD)
+
+
+def test_select_trims_padding_and_keeps_values():
+    prompts = [[11, 12, 13, 14], [21], [31, 32]]
+    responses = [[15], [22, 23, 24, 25], [33, 34]]
+    batch = collate(prompts, responses, pad_token_id=PAD)
+    sub = batch.select([1, 2])
+    assert sub.prompt_length == 2 and sub.response_length == 4
+    assert sub.input_ids.tolist() == [[PAD, 21, 22, 23, 24, 25], [31, 32, 33, 34, PAD, PAD]]
+    assert sub.attention_mask.tolist() == [[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]]
+    assert sub.position_ids.tolist() == [[0, 0, 1, 2, 3, 4], [0, 1, 2, 3, 3, 3]]
+    assert torch.equal(sub.response_ids, batch.response_ids[[1, 2]])
+    # Row 0 alone: no prompt padding to trim, but responses shrink to 1 column.
+    only_first = batch.select(torch.tensor([0]))
+    assert only_first.input_ids.tolist() == [[11, 12, 13, 14, 15]]
+    assert only_first.response_mask.tolist() == [[1.0]]
+    assert torch.equal(collate([prompts[2]], [responses[2]], PAD).input_ids, batch.select([2]).input_ids)
+
+
+@pytest.mark.parametrize("budget", [1, 12, 20, 50, 1000])
+def test_split_by_token_budget_respects_budget(budget):
+    prompts, responses = random_rows(seed=budget, rows=13)
+    batch = collate(prompts, responses, PAD)
+    groups = split_by_token_budget(batch, budget)
+    assert sorted(row for group in groups for row in group) == list(range(13))
+    for group in groups:
+        assert group == sorted(group) and len(group) >= 1
+        sub = batch.select(group)
+        padded_size = len(group) * sub.input_ids.shape[1]
+        assert padded_size <= budget or len(group) == 1
+    assert split_by_token_budget(batch, None) == [list(range(13))]
+    if budget >= 13 * batch.input_ids.shape[1]:
+        assert len(groups) == 1
+
+
+def test_split_by_token_budget_rejects_nonpositive():
+    batch = collate([[1]], [[2]], PAD)
+    with pytest.raises(ValueError, match="max_tokens"):
+        split_by_token_budget(batch, 0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_token_logprobs_match_direct_computation(tiny_model, temperature):
+    prompts, responses = random_rows(seed=1, rows=6)
+    batch = collate(prompts, responses, PAD)
+    with torch.no_grad():
+        logp, entropy = token_logprobs(tiny_model, batch, temperature=temperature, with_entropy=True)
+        ref_logp, ref_entropy = direct_logprobs(tiny_model, batch, temperature)
+    assert logp.dtype == torch.float32 and logp.shape == batch.response_ids.shape
+    assert torch.allclose(logp, ref_logp, atol=1e-5)
+    assert torch.allclose(entropy, ref_entropy, atol=1e-4)
+    assert torch.all(logp[batch.response_mask == 0] == 0) and torch.all(
+        entropy[batch.response_mask == 0] == 0
+    )
+    assert torch.all(logp[batch.response_mask == 1] < 0)
+
+
+def test_micro_batching_equals_full_batch(tiny_model):
+    prompts, responses = random_rows(seed=2, rows=9)
+    batch = collate(prompts, responses, PAD)
+    with torch.no_grad():
+        full, full_entropy = token_logprobs(tiny_model, batch, with_entropy=True)
+        for budget in (1, 16, 40):
+            assert len(split_by_token_budget(batch, budget)) > 1
+            micro, micro_entropy = token_logprobs(tiny_model, batch, with_entropy=True, max_tokens=budget)
+            assert (micro - full).abs().max() < 1e-5
+            assert (micro_entropy - full_entropy).abs().max() < 1e-4
+
+
+def test_token_logprobs_keeps_autograd_with_finite_gradients(tiny_model):
+    prompts, responses = random_rows(seed=3, rows=5)
+    batch = collate(prompts, responses, PAD)
+    logp, entropy = token_logprobs(tiny_model, batch, with_entropy=True, max_tokens=30)
+    assert logp.requires_grad and entropy.requires_grad
+    (logp.sum() + entropy.sum()).backward()
+    grads = [p.grad for p in tiny_model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    with torch.no_grad():
+        assert not token_logprobs(tiny_model, batch)[0].requires_grad
+
+
+def test_token_logprobs_with_only_empty_responses(tiny_model):
+    batch = collate([[5, 6], [7]], [[], []], PAD)
+    logp, entropy = token_logprobs(tiny_model, batch, with_entropy=True)
+    assert logp.shape == (2, 0) and entropy.shape == (2, 0)
+
+
+def test_token_values_read_positions_and_micro_batching(tiny_model):
+    critic = ValueModel.from_pretrained_lm(tiny_model)
+    torch.nn.init.normal_(critic.value_head.weight, std=0.5)
+    prompts, responses = random_rows(seed=4, rows=7)
+    batch = collate(prompts, responses, PAD)
+    with torch.no_grad():
+        values = token_values(critic, batch)
+        micro = token_values(critic, batch, max_tokens=20)
+        everywhere = critic(batch.input_ids, batch.attention_mask, batch.position_ids)
+    P, R = batch.prompt_length, batch.response_length
+    assert values.shape == (7, R) and values.dtype == torch.float32
+    assert torch.allclose(values, everywhere[:, P - 1 : P + R - 1] * batch.response_mask, atol=1e-5)
+    assert (micro - values).abs().max() < 1e-5
+    assert torch.all(values[batch.response_mask == 0] == 0)

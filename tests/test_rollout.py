@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from remix_rft.batching import collate, token_logprobs
+from remix_rft.models import DEFAULT_MODEL, autocast_context, load_model
+from remix_rft.rollout import HFRolloutEngine, Rollout, RolloutEngine, SamplingParams, build_engine
+from remix_rft.rollout.hf import filter_top_k_top_p
+
+PROMPTS = [
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "Hi",
+    "A noticeably longer prompt, so that the shorter ones in the batch get left padding.",
+]
+
+
+def bias_towards_eos(model, eos_id: int, logit_bias: float) -> None:
+    """Give the LM head a bias on EOS so random tiny models stop early in some samples (not all)."""
+    head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.get_output_embeddings().weight)
+        head.bias.zero_()
+        head.bias[eos_id] = logit_bias
+    model.lm_head = head
+
+
+def behaviour_matrix(rollouts: list[Rollout], width: int) -> torch.Tensor:
+    out = torch.zeros(len(rollouts), width)
+    for row, rollout in enumerate(rollouts):
+        out[row, : len(rollout.logprobs)] = torch.tensor(rollout.logprobs)
+    return out
+
+
+# EOS biases chosen so EOS has roughly a 10% chance a step: some samples stop, some run out of tokens.
+# Near-uniform logits over 49k tokens need ~ln(4900)*T; after top-k=50 truncation ~ln(5.5) suffices.
+@pytest.mark.parametrize(
+    ("temperature", "top_p", "top_k", "eos_bias"),
+    [(0.7, 0.9, 0, 0.7 * 8.5), (1.0, 0.8, 50, 1.7), (1.0, 1.0, 0, 8.5)],
+    ids=["t0.7-top_p0.9", "t1.0-top_p0.8-top_k50", "t1.0-untruncated"],
+)
+def test_behaviour_logprobs_match_teacher_forced(tokenizer, tiny_model, temperature, top_p, top_k, eos_bias):
+    bias_towards_eos(tiny_model, tokenizer.eos_token_id, logit_bias=eos_bias)
+    engine = HFRolloutEngine(tiny_model, tokenizer, max_batch_size=5)
+    sampling = SamplingParams(max_new_tokens=16, temperature=temperature, top_p=top_p, top_k=top_k, seed=7)
+    rollouts = engine.generate(PROMPTS, samples_per_prompt=4, sampling=sampling)
+
+    assert {r.finish_reason for r in rollouts} == {"eos", "length"}
+    batch = collate(
+        [r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts], tokenizer.pad_token_id
+    )
+    assert len({len(r.prompt_ids) for r in rollouts}) == 3  # left padding is exercised
+    with torch.no_grad():
+        teacher_forced, _ = token_logprobs(tiny_model, batch, temperature=temperature)
+    behaviour = behaviour_matrix(rollouts, batch.response_length)
+    assert (teacher_forced - behaviour).abs().max() < 1e-4
+    with torch.no_grad():
+        micro, _ = token_logprobs(tiny_model, batch, temperature=temperature, max_tokens=64)
+    assert (micro - behaviour).abs().max() < 1e-4
+
+
+def test_finish_reasons_lengths_and_grouped_order(tokenizer, tiny_model):
+    eos = tokenizer.eos_token_id
+    bias_towards_eos(tiny_model, eos, logit_bias=8.5)
+    engine = HFRolloutEngine(tiny_model, tokenizer, max_batch_size=4)
+    rollouts = engine.generate(
+        PROMPTS, samples_per_prompt=3, sampling=SamplingParams(max_new_tokens=12, seed=3)
+    )
+    assert [(r.prompt_index, r.sample_index) for r in rollouts] == [
+        (p, s) for p in range(3) for s in range(3)
+    ]
+    for rollout in rollouts:
+        assert (
+            rollout.prompt_ids == tokenizer(PROMPTS[rollout.prompt_index], add_special_tokens=False).input_ids
+        )
+        assert 1 <= rollout.num_tokens <= 12
+        assert len(rollout.logprobs) == rollout.num_tokens
+        assert eos not in rollout.response_ids[:-1]
+        if rollout.finish_reason == "eos":
+            assert rollout.response_ids[-1] == eos
+        else:
+            assert rollout.finish_reason == "length" and rollout.num_tokens == 12
+        assert rollout.text == tokenizer.decode(rollout.response_ids, skip_special_tokens=True)
+        assert "<|im_end|>" not in rollout.text
+    assert {r.finish_reason for r in rollouts} == {"eos", "length"}
+
+
+def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone(tokenizer, tiny_model):
+    engine = HFRolloutEngine(tiny_model, tokenizer)
+    sampling = SamplingParams(max_new_tokens=8, temperature=1.0, seed=123)
+    state_before = torch.get_rng_state()
+    first = engine.generate(PROMPTS, 2, sampling)
+    assert torch.equal(torch.get_rng_state(), state_before)
+    second = engine.generate(PROMPTS, 2, sampling)
+    assert [r.response_ids for r in first] == [r.response_ids for r in second]
+    assert [r.logprobs for r in first] == [r.logprobs for r in second]
+    other_seed = engine.generate(PROMPTS, 2, SamplingParams(max_new_tokens=8, temperature=1.0, seed=124))
+    assert [r.response_ids for r in other_seed] != [r.response_ids for r in first]
+    # Samples of one prompt differ from each other (no accidental reuse of one random stream per prompt).
+    assert first[0].response_ids != first[1].response_ids
+
+
+def test_greedy_is_deterministic_argmax_and_independent_of_batching(tokenizer, tiny_model):
+    greedy = SamplingParams(max_new_tokens=10, greedy=True, temperature=0.3)
+    batched = HFRolloutEngine(tiny_model, tokenizer, max_batch_size=64).generate(PROMPTS, 2, greedy)
+    one_at_a_time = HFRolloutEngine(tiny_model, tokenizer, max_batch_size=1).generate(PROMPTS, 2, greedy)
+    assert [r.response_ids for r in batched] == [r.response_ids for r in one_at_a_time]
+    assert batched[0].response_ids == batched[1].response_ids
+    # Each greedy token is the argmax of the teacher-forced distribution; log-probs are at temperature 1.
+    batch = collate(
+        [r.prompt_ids for r in batched], [r.response_ids for r in batched], tokenizer.pad_token_id
+    )
+    with torch.no_grad():
+        logits = tiny_model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits
+        P, R = batch.prompt_length, batch.response_length
+        argmax = logits[:, P - 1 : P + R - 1].argmax(-1)
+        teacher_forced, _ = token_logprobs(tiny_model, batch, temperature=1.0)
+    assert torch.equal(argmax[batch.response_mask.bool()], batch.response_ids[batch.response_mask.bool()])
+    assert (teacher_forced - behaviour_matrix(batched, R)).abs().max() < 1e-4
+
+
+def test_generation_restores_training_mode_and_tracks_no_grad(tokenizer, tiny_model):
+    tiny_model.train()
+    engine = build_engine("hf", tiny_model, tokenizer, max_batch_size=8)
+    assert isinstance(engine, RolloutEngine)
+    engine.generate(["Hello"], 2, SamplingParams(max_new_tokens=3, seed=0))
+    assert tiny_model.training
+    assert all(p.grad is None for p in tiny_model.parameters())
+    tiny_model.eval()
+    engine.generate(["Hello"], 1, SamplingParams(max_new_tokens=3, seed=0))
+    assert not tiny_model.training
+
+
+def test_update_weights_follows_the_shared_model(tokenizer, tiny_model):
+    engine = HFRolloutEngine(tiny_model, tokenizer)
+    greedy = SamplingParams(max_new_tokens=6, greedy=True)
+    before = engine.generate(["Hello"], 1, greedy)[0].response_ids
+    with torch.no_grad():  # a "training step": sharing the module means the engine sees it without copying
+        tiny_model.get_output_embeddings().weight[
+            before[0]
+        ] *= -1.0  # its logit changes sign: no longer the argmax
+    engine.update_weights(tiny_model)
+    after = engine.generate(["Hello"], 1, greedy)[0].response_ids
+    assert after[0] != before[0]
+
+
+def test_top_k_top_p_filter():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_top_k_top_p(logits, top_k=2, top_p=1.0)).tolist() == [
+        [False, False, True, True]
+    ]
+    assert torch.isinf(filter_top_k_top_p(logits, top_k=0, top_p=0.75)).tolist() == [
+        [False, False, True, True]
+    ]
+    assert torch.isinf(filter_top_k_top_p(logits, top_k=0, top_p=0.1)).tolist() == [[False, True, True, True]]
+    assert not torch.isinf(filter_top_k_top_p(logits, top_k=0, top_p=1.0)).any()
+
+
+def test_bad_arguments_are_rejected(tokenizer, tiny_model):
+    engine = HFRolloutEngine(tiny_model, tokenizer)
+    with pytest.raises(ValueError, match="temperature"):
+        engine.generate(["Hi"], 1, SamplingParams(temperature=0.0))
+    with pytest.raises(ValueError, match="top_p"):
+        engine.generate(["Hi"], 1, SamplingParams(top_p=0.0))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        engine.generate(["Hi"], 1, SamplingParams(max_new_tokens=0))
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        engine.generate(["Hi"], 0, SamplingParams())
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        engine.generate(["Hi", ""], 1, SamplingParams(max_new_tokens=2))
+    assert engine.generate([], 3, SamplingParams()) == []
+    with pytest.raises(ValueError, match="known engines: hf"):
+        build_engine("vllm", tiny_model, tokenizer)
+
+
+def test_bf16_autocast_generation_is_close_to_bf16_teacher_forcing(tokenizer, tiny_model):
+    engine = HFRolloutEngine(tiny_model, tokenizer, autocast_bf16=True)
+    rollouts = engine.generate(PROMPTS, 2, SamplingParams(max_new_tokens=8, seed=5))
+    batch = collate(
+        [r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts], tokenizer.pad_token_id
+    )
+    with torch.no_grad(), autocast_context("cpu", enabled=True):
+        teacher_forced, _ = token_logprobs(tiny_model, batch)
+    difference = (teacher_forced - behaviour_matrix(rollouts, batch.response_length)).abs().max()
+    assert teacher_forced.dtype == torch.float32 and difference < 0.05
+
+
+@pytest.mark.slow
+def test_embedded_model_rollouts_agree_with_teacher_forcing(tokenizer):
+    model = load_model(DEFAULT_MODEL)
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+        for question in ("What is 2+2? Answer with a number.", "Name a colour.")
+    ]
+    engine = HFRolloutEngine(model, tokenizer)
+    rollouts = engine.generate(prompts, 2, SamplingParams(max_new_tokens=24, temperature=0.8, seed=0))
+    assert any(r.finish_reason == "eos" for r in rollouts)
+    batch = collate(
+        [r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts], tokenizer.pad_token_id
+    )
+    with torch.no_grad():
+        teacher_forced, _ = token_logprobs(model, batch, temperature=0.8)
+    assert (teacher_forced - behaviour_matrix(rollouts, batch.response_length)).abs().max() < 1e-4
