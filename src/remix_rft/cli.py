@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "transformers", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars would bury the training progress bar
 
     parser = argparse.ArgumentParser(prog="remix-rft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

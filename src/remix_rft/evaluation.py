@@ -583,3 +583,22 @@ def eval_command(args: argparse.Namespace) -> int:
     print(report.to_table("text"), end="")
     print("wrote " + ", ".join(str(path) for path in written))
     return 0
+
+
+def build_eval_sets(config) -> dict[str, list[Example]]:
+    """The held-out sets a training config names (`eval.benchmarks`), as the trainer and the baselines load them.
+
+    `arithmetic` is the test split of the training distribution (same digits/operations), `eval.limit` problems.
+    """
+    sets: dict[str, list[Example]] = {}
+    for name in config.eval.benchmarks:
+        options: dict[str, Any] = {}
+        if name == "arithmetic":
+            if config.data.train == "arithmetic":
+                options.update(config.data.train_options)
+            options["split"] = "test"
+            options["size"] = config.eval.limit or 200  # the training set's size says nothing of the test set
+        options.update(config.eval.options.get(name, {}))
+        sets[name] = load_examples(name, data_dir=config.data.data_dir, limit=config.eval.limit,
+                                   seed=config.train.seed, **options)
+    return sets

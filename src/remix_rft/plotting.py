@@ -213,6 +213,8 @@ def _configured_reincarnation_step(run_dir: Path) -> int | None:
     except yaml.YAMLError as error:
         raise ValueError(f"{path}: not valid YAML ({error})") from error
     remix = config.get("remix") if isinstance(config, dict) else None
+    if isinstance(remix, dict) and remix.get("enabled") is False:
+        return None  # plain PPO/GRPO: reincarnate_at is inert
     step = remix.get("reincarnate_at") if isinstance(remix, dict) else None
     if step is not None and not _is_number(step):
         raise ValueError(f"{path}: remix.reincarnate_at must be a step number or null, got {step!r}")

@@ -17,6 +17,7 @@ import copy
 import json
 import logging
 import random
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from remix_rft.checkpoint import latest_checkpoint, save_checkpoint
 from remix_rft.config import Config, load_yaml
 from remix_rft.data import format_prompt, load_examples
 from remix_rft.data.types import Example
+from remix_rft.evaluation import build_eval_sets, evaluate
 from remix_rft.metrics import MetricsLogger, truncate_metrics_after
 from remix_rft.models import ValueModel, autocast_context, load_model, load_tokenizer
 from remix_rft.rewards import build_reward, summarise_scores
@@ -45,6 +47,14 @@ logger = logging.getLogger(__name__)
 
 # advantage estimators that need the critic's values, so they run on every training batch (PPO)
 CRITIC_ESTIMATORS = {"gae"}
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process (and peak allocated GPU memory on CUDA), in MiB."""
+    out = {"memory/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+    if device.type == "cuda":
+        out["memory/peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -352,6 +362,7 @@ class Trainer:
         record.update(pass_metrics)
         record.update(update_metrics)
         record.update({f"time/{k}": v for k, v in times.items()})
+        record.update(peak_memory_mb(self.device))
         return record
 
     def _reincarnate(self, step: int) -> None:
@@ -617,23 +628,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ evaluation
     def eval_sets(self) -> dict[str, list[Example]]:
         if self._eval_sets is None:
-            cfg = self.config
-            self._eval_sets = {}
-            for name in cfg.eval.benchmarks:
-                options: dict[str, Any] = {}
-                if name == "arithmetic":
-                    # the held-out split of the same distribution the policy trains on
-                    if cfg.data.train == "arithmetic":
-                        options.update(cfg.data.train_options)
-                    options["split"] = "test"
-                options.update(cfg.eval.options.get(name, {}))
-                self._eval_sets[name] = load_examples(name, data_dir=cfg.data.data_dir, limit=cfg.eval.limit,
-                                                      seed=cfg.train.seed, **options)
+            self._eval_sets = build_eval_sets(self.config)
         return self._eval_sets
 
     def evaluate(self, step: int):
-        from remix_rft.evaluation import evaluate
-
         cfg = self.config.eval
         sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens or self.config.rollout.max_new_tokens,
                                   temperature=cfg.temperature, greedy=cfg.greedy,
