@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from remix_rft.metrics import read_metrics
+
 REPO = Path(__file__).resolve().parent.parent
 TRL_SCRIPT = Path(__file__).resolve().parent / "trl_baseline.py"
 REPORT_FIGURES = ("accuracy_vs_rollouts", "reward", "response_length", "importance_ratio", "kl_convex_weight")
@@ -68,15 +70,13 @@ def plan_runs(sweep: list[float], ablations: list[str], runs: list[str]) -> list
     return specs
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
+def run_records(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_metrics(path) if path.exists() else []
 
 
 def is_finished(run_dir: Path, steps: int) -> bool:
-    return any(r.get("type") == "eval" and r.get("step") == steps for r in read_metrics(run_dir)) and (
+    return any(r.get("type") == "eval" and r.get("step") == steps for r in run_records(run_dir)) and (
         run_dir / "wall.json").exists()
 
 
@@ -137,7 +137,7 @@ class RunSummary:
 
 
 def summarise(spec: RunSpec, out: Path) -> RunSummary:
-    records = read_metrics(out / spec.name)
+    records = run_records(out / spec.name)
     summary = RunSummary(spec, evals=[r for r in records if r.get("type") == "eval"],
                          train=[r for r in records if r.get("type") == "train"])
     wall_file = out / spec.name / "wall.json"
@@ -175,13 +175,22 @@ def main_table(summaries: list[RunSummary], budgets: list[int], target: float) -
     return markdown_table(header, rows)
 
 
-def sweep_table(summaries: list[RunSummary]) -> str:
+def run_setting(run_dir: Path, section: str, key: str):
+    """A value from a run's resolved config.yaml (None when absent)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return None
+    return (yaml.safe_load(path.read_text()) or {}).get(section, {}).get(key)
+
+
+def sweep_table(summaries: list[RunSummary], out: Path) -> str:
     header = ["run", "p", "response length (mean)", "response length (last step)", "ratio mean (replayed)",
               "ratio max (replayed)", "clip fraction (replayed)", "ESS (replayed)", "final acc"]
     rows = []
-    for s in summaries:
-        p = next((float(o.split("=", 1)[1]) for o in s.spec.overrides if o.startswith("remix.offpolicy_fraction=")),
-                 None)
+    for s in sorted(summaries, key=lambda s: run_setting(out / s.spec.name, "remix", "offpolicy_fraction") or 0):
+        p = run_setting(out / s.spec.name, "remix", "offpolicy_fraction")
         curve = s.accuracy_curve()
         rows.append([s.spec.label or s.spec.name, _num(p, 3), _num(s.mean("response_length/mean")),
                      _num(s.last("response_length/mean")), _num(s.mean("ratio/replay_mean"), 4),
@@ -233,8 +242,10 @@ def write_report(path: Path, out: Path, specs: list[RunSpec], args: argparse.Nam
         parts += ["", "## Ablations (ReMix-GRPO)", "",
                   main_table(([reference] if reference else []) + groups["ablation"], budgets, target)]
     if groups["sweep"]:
+        # the no-reincarnation ablation is the sweep's point at the default p
+        points = groups["sweep"] + [s for s in groups["ablation"] if s.spec.name.endswith("no-reincarnation")]
         parts += ["", "## Off-policy fraction sweep (no reincarnation): the Whipping effect", "",
-                  sweep_table(groups["sweep"])]
+                  sweep_table(points, out)]
     shown = [f for f in figures if f.stem in REPORT_FIGURES]
     if shown:
         parts += ["", "## Figures", ""]
@@ -257,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="grpo,remix-grpo,ppo,remix-ppo,trl-grpo")
     parser.add_argument("--ablations", default="no-utd,no-klconvex,no-reincarnation",
                         help="comma-separated; empty for none")
-    parser.add_argument("--sweep", default="0.125,0.5,0.75", help="off-policy fractions; empty for none")
+    parser.add_argument("--sweep", default="0.5,0.75",
+                        help="off-policy fractions, run without reincarnation (the no-reincarnation ablation adds "
+                             "the default p); empty for none")
     parser.add_argument("--target-gain", type=float, default=0.05,
                         help="target accuracy = mean initial accuracy + this")
     parser.add_argument("--docs", type=Path, default=None, help="write the markdown report (and figures) here")

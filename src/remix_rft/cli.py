@@ -42,6 +42,10 @@ def train_command(args: argparse.Namespace) -> int:
     from remix_rft.config import ConfigError, config_from_dict, deep_merge, load_config, parse_override
     from remix_rft.trainer import config_for_resume, run_training
 
+    if args.resume not in (None, "latest") and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume key=value ...`: argparse gave the first override to --resume's optional value
+        args.overrides.insert(0, args.resume)
+        args.resume = "latest"
     try:
         resume_dir = None
         if args.resume is not None:

@@ -69,16 +69,27 @@ class MetricsLogger:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Parse a metrics.jsonl; a malformed line raises ValueError naming the file and line."""
+    """Parse a run's metrics.jsonl into its records, in order.
+
+    Every line must be a JSON object with a "type"; anything else raises ValueError naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such metrics file (is this a `remix-rft train` run directory?)")
     records = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: malformed JSON line in metrics file ({err.msg})") from None
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {line_number}: expected a JSON object, got {type(row).__name__}")
+            if "type" not in row:
+                raise ValueError(f'{path}, line {line_number}: missing the "type" key')
+            records.append(row)
     return records
 
 

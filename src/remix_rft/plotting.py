@@ -9,7 +9,6 @@ logged is skipped with a note rather than drawn empty.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ matplotlib.use("Agg")  # files only: must work on machines without a display
 
 import matplotlib.pyplot as plt  # noqa: E402  (the backend has to be chosen before pyplot is imported)
 import yaml  # noqa: E402
+
+from remix_rft.metrics import read_metrics  # noqa: E402
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -173,35 +174,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def read_metrics(path: Path) -> tuple[list[dict], list[dict], list[dict]]:
-    """Parse a metrics.jsonl into (train, eval, event) rows. Unknown `type`s are ignored (newer trainers)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such metrics file (is this a `remix-rft train` run directory?)")
-    train: list[dict] = []
-    evals: list[dict] = []
-    events: list[dict] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from error
-            if not isinstance(row, dict):
-                raise ValueError(
-                    f"{path}, line {line_number}: expected a JSON object, got {type(row).__name__}"
-                )
-            kind = row.get("type")
-            if kind is None:
-                raise ValueError(f'{path}, line {line_number}: missing the "type" key')
-            if kind == "train":
-                train.append(row)
-            elif kind == "eval":
-                evals.append(row)
-            elif kind == "event":
-                events.append(row)
-    return train, evals, events
+def split_metrics(path: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """A metrics.jsonl as (train, eval, event) rows. Unknown `type`s are ignored (newer trainers)."""
+    records = read_metrics(path)
+    return tuple([row for row in records if row["type"] == kind] for kind in ("train", "eval", "event"))
 
 
 def _configured_reincarnation_step(run_dir: Path) -> int | None:
@@ -225,7 +201,7 @@ def load_run(run_dir: Path, label: str | None = None) -> RunLog:
     """Read a run directory. The reincarnation step comes from the logged event when there is one (it did
     happen), else from config.yaml when the run got past that step."""
     run_dir = Path(run_dir)
-    train, evals, events = read_metrics(run_dir / METRICS_FILE)
+    train, evals, events = split_metrics(run_dir / METRICS_FILE)
     run = RunLog(label or run_dir.resolve().name, run_dir, train, evals, events)
     reincarnations = [e for e in events if e.get("event") == "reincarnation" and _is_number(e.get("step"))]
     if reincarnations:

@@ -316,6 +316,9 @@ class Trainer:
         t0 = time.perf_counter()
         pass_metrics = self._logprob_passes(batch, plan, rollouts)
         times["logprobs"] = time.perf_counter() - t0
+        if cfg.rollout.behaviour_logprobs == "recompute":
+            # when replayed, these groups must carry the behaviour log-probs they were trained with as fresh data
+            self._store_behaviour(fresh_groups, batch.behaviour_logp)
 
         # 5. advantages
         self._advantages(batch, plan)
@@ -423,6 +426,14 @@ class Trainer:
                          sequence_advantages=torch.tensor(advantages, device=self.device),
                          is_replay=torch.tensor(is_replay, device=self.device),
                          versions=torch.tensor(versions, device=self.device))
+
+    @staticmethod
+    def _store_behaviour(groups: list[RolloutGroup], behaviour_logp: torch.Tensor) -> None:
+        row = 0  # fresh rows come first in the batch, in group order (see _assemble)
+        for group in groups:
+            for i, response in enumerate(group.response_ids):
+                group.behaviour_logprobs[i] = behaviour_logp[row, :len(response)].detach().cpu().clone()
+                row += 1
 
     @torch.no_grad()
     def _logprob_passes(self, batch: StepBatch, plan: StepPlan, rollouts) -> dict[str, float]:
