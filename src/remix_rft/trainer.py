@@ -477,7 +477,8 @@ class Trainer:
         if cfg.advantage_estimator in CRITIC_ESTIMATORS:
             token_rewards = algos.sequence_rewards_to_tokens(batch.rewards, mask)
             if cfg.algorithm.kl_in_reward and batch.reference_logp is not None:
-                kl = self._kl_term(batch.proximal_logp, batch, plan.kl_convex_weight, kind="k1")
+                kl = self._kl_term(batch.proximal_logp, batch.reference_logp, batch.precedent_logp,
+                                   plan.kl_convex_weight, kind="k1")
                 token_rewards = token_rewards - cfg.algorithm.kl_coef * kl * mask
             estimator = algos.get_advantage_estimator(cfg.advantage_estimator)
             advantages, returns = estimator(rewards=batch.rewards, mask=mask, values=batch.old_values,
@@ -489,10 +490,13 @@ class Trainer:
         else:
             batch.advantages = batch.sequence_advantages[:, None] * mask
 
-    def _kl_term(self, logp: torch.Tensor, batch: StepBatch, weight: float, kind: str) -> torch.Tensor:
-        if batch.precedent_logp is None or weight >= 1.0:
-            return algos.kl_penalty(logp, batch.reference_logp, kind)
-        return algos.kl_convex(logp, batch.reference_logp, batch.precedent_logp, weight, kind=kind)
+    @staticmethod
+    def _kl_term(logp: torch.Tensor, reference_logp: torch.Tensor, precedent_logp: torch.Tensor | None,
+                 weight: float, kind: str) -> torch.Tensor:
+        """Per-token KL-Convex penalty; plain KL to the reference when the precedent term has no weight."""
+        if precedent_logp is None or weight >= 1.0:
+            return algos.kl_penalty(logp, reference_logp, kind)
+        return algos.kl_convex(logp, reference_logp, precedent_logp, weight, kind=kind)
 
     def _minibatches(self, size: int, step: int, epoch: int) -> list[torch.Tensor]:
         # seeded by (seed, step, pass) so a resumed run shuffles exactly like an uninterrupted one
@@ -507,73 +511,82 @@ class Trainer:
             return float(micro_mask.sum() / minibatch_mask.sum().clamp(min=1))
         return micro_mask.shape[0] / minibatch_mask.shape[0]
 
+    def _minibatch_step(self, batch: StepBatch, rows: torch.Tensor, optimizer: torch.optim.Optimizer,
+                        model: torch.nn.Module, micro_loss: Callable[[torch.Tensor, TokenBatch], torch.Tensor],
+                        step: int, what: str) -> tuple[float, float] | None:
+        """One optimizer step on `rows`, gradients accumulated over token-budget micro-batches.
+
+        `micro_loss(index, sub_batch)` returns a micro-batch's aggregated loss; each is re-weighted so the summed
+        gradient equals the minibatch's. Returns (loss, grad norm), or None when a non-finite loss or gradient
+        skipped the step (weights untouched).
+        """
+        minibatch_mask = batch.tokens.response_mask[rows]
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        finite = True
+        for micro in split_by_token_budget(batch.tokens.select(rows), self.config.train.micro_batch_tokens):
+            index = rows[torch.as_tensor(micro)]
+            sub = batch.tokens.select(index)
+            loss = micro_loss(index, sub)
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            weight = self._micro_weight(sub.response_mask, minibatch_mask)
+            (loss * weight).backward()
+            total += float(loss.detach()) * weight
+        if finite:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.train.max_grad_norm)
+            finite = bool(torch.isfinite(grad_norm))
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)
+            logger.warning("step %d: non-finite %s loss or gradient, update skipped (weights untouched)", step, what)
+            return None
+        optimizer.step()
+        return total, float(grad_norm)
+
     def _update_policy(self, batch: StepBatch, plan: StepPlan, step: int) -> dict[str, float]:
         cfg, alg = self.config, self.config.algorithm
         loss_fn = algos.get_policy_loss(alg.policy_loss)
         norm_len = alg.loss_norm_len or cfg.rollout.max_new_tokens
         tallies = {"fresh": _RatioTally(), "replay": _RatioTally()}
-        losses, kl_losses, grad_norms, skipped, optimizer_steps = [], [], [], 0, 0
-        size = len(batch.tokens)
-        for epoch in range(plan.updates_per_batch):
-            for rows in self._minibatches(size, step, epoch):
-                minibatch_mask = batch.tokens.response_mask[rows]
-                self.optimizer.zero_grad(set_to_none=True)
-                finite = True
-                mb_loss = 0.0
-                for micro in split_by_token_budget(batch.tokens.select(rows), cfg.train.micro_batch_tokens):
-                    index = rows[torch.as_tensor(micro)]
-                    sub = batch.tokens.select(index)
-                    width = sub.response_ids.shape[1]
-                    mask = sub.response_mask
+        kl_losses: list[float] = []
 
-                    def cut(x, index=index, width=width):
-                        return x[index][:, :width]
+        def micro_loss(index: torch.Tensor, sub: TokenBatch) -> torch.Tensor:
+            width, mask = sub.response_ids.shape[1], sub.response_mask
 
-                    with self._autocast():
-                        logp, entropy = token_logprobs(self.policy, sub, cfg.rollout.temperature,
-                                                       with_entropy=alg.entropy_coef > 0)
-                    logp = logp.float()
-                    behaviour, proximal = cut(batch.behaviour_logp), cut(batch.proximal_logp)
-                    loss, _ = loss_fn(logp, behaviour, proximal, cut(batch.advantages), mask,
-                                      clip_eps=alg.clip_eps, agg=alg.loss_agg, norm_len=norm_len)
-                    if self.uses_kl and not alg.kl_in_reward:
-                        sub_batch = StepBatch(tokens=sub, behaviour_logp=behaviour, rewards=batch.rewards[index],
-                                              sequence_advantages=batch.sequence_advantages[index],
-                                              is_replay=batch.is_replay[index], versions=batch.versions[index],
-                                              reference_logp=cut(batch.reference_logp),
-                                              precedent_logp=(cut(batch.precedent_logp)
-                                                              if batch.precedent_logp is not None else None))
-                        kl = self._kl_term(logp, sub_batch, plan.kl_convex_weight, kind=alg.kl_estimator)
-                        kl_loss = algos.agg_loss(kl, mask, alg.loss_agg, norm_len=norm_len)
-                        loss = loss + alg.kl_coef * kl_loss
-                        kl_losses.append(float(kl_loss.detach()))
-                    if entropy is not None:
-                        loss = loss - alg.entropy_coef * algos.agg_loss(entropy.float(), mask, alg.loss_agg,
-                                                                        norm_len=norm_len)
-                    if not torch.isfinite(loss):
-                        finite = False
-                        break
-                    (loss * self._micro_weight(mask, minibatch_mask)).backward()
-                    mb_loss += float(loss.detach()) * self._micro_weight(mask, minibatch_mask)
-                    with torch.no_grad():
-                        log_ratio = logp.detach() - behaviour
-                        centre = torch.exp((proximal - behaviour).clamp(-20, 20))
-                        replay_rows = batch.is_replay[index][:, None].float()
-                        tallies["fresh"].add(log_ratio, centre, mask * (1 - replay_rows), alg.clip_eps)
-                        tallies["replay"].add(log_ratio, centre, mask * replay_rows, alg.clip_eps)
-                if finite:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.train.max_grad_norm)
-                    finite = bool(torch.isfinite(grad_norm))
-                if not finite:
-                    skipped += 1
-                    self.optimizer.zero_grad(set_to_none=True)
-                    logger.warning("step %d: non-finite loss or gradient, update skipped (weights untouched)", step)
-                    continue
-                self.optimizer.step()
-                optimizer_steps += 1
-                grad_norms.append(float(grad_norm))
-                losses.append(mb_loss)
-        if optimizer_steps:  # the lr clock counts steps that updated the weights
+            def cut(x: torch.Tensor) -> torch.Tensor:
+                return x[index][:, :width]
+
+            with self._autocast():
+                logp, entropy = token_logprobs(self.policy, sub, cfg.rollout.temperature,
+                                               with_entropy=alg.entropy_coef > 0)
+            logp = logp.float()
+            behaviour, proximal = cut(batch.behaviour_logp), cut(batch.proximal_logp)
+            loss, _ = loss_fn(logp, behaviour, proximal, cut(batch.advantages), mask,
+                              clip_eps=alg.clip_eps, agg=alg.loss_agg, norm_len=norm_len)
+            if self.uses_kl and not alg.kl_in_reward:
+                precedent = cut(batch.precedent_logp) if batch.precedent_logp is not None else None
+                kl = self._kl_term(logp, cut(batch.reference_logp), precedent, plan.kl_convex_weight,
+                                   kind=alg.kl_estimator)
+                kl_loss = algos.agg_loss(kl, mask, alg.loss_agg, norm_len=norm_len)
+                loss = loss + alg.kl_coef * kl_loss
+                kl_losses.append(float(kl_loss.detach()))
+            if entropy is not None:
+                loss = loss - alg.entropy_coef * algos.agg_loss(entropy.float(), mask, alg.loss_agg,
+                                                                norm_len=norm_len)
+            with torch.no_grad():
+                log_ratio = logp.detach() - behaviour
+                centre = torch.exp((proximal - behaviour).clamp(-20, 20))
+                replay_rows = batch.is_replay[index][:, None].float()
+                tallies["fresh"].add(log_ratio, centre, mask * (1 - replay_rows), alg.clip_eps)
+                tallies["replay"].add(log_ratio, centre, mask * replay_rows, alg.clip_eps)
+            return loss
+
+        results = [self._minibatch_step(batch, rows, self.optimizer, self.policy, micro_loss, step, "policy")
+                   for epoch in range(plan.updates_per_batch)
+                   for rows in self._minibatches(len(batch.tokens), step, epoch)]
+        done = [r for r in results if r is not None]
+        if done:  # the lr clock counts steps that updated the weights
             self.lr_scheduler.step()
         overall = _RatioTally()
         for tally in tallies.values():
@@ -581,9 +594,9 @@ class Trainer:
                 setattr(overall, name, getattr(overall, name) + getattr(tally, name))
             overall.max_ratio = max(overall.max_ratio, tally.max_ratio)
         metrics: dict[str, float] = {
-            "loss/policy": float(np.mean(losses)) if losses else float("nan"),
-            "grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
-            "optimizer_steps": optimizer_steps, "skipped_updates": skipped,
+            "loss/policy": float(np.mean([r[0] for r in done])) if done else float("nan"),
+            "grad_norm": float(np.mean([r[1] for r in done])) if done else float("nan"),
+            "optimizer_steps": len(done), "skipped_updates": len(results) - len(done),
         }
         if kl_losses:
             metrics["loss/kl"] = float(np.mean(kl_losses))
@@ -595,46 +608,31 @@ class Trainer:
     def _update_critic(self, batch: StepBatch, plan: StepPlan, step: int) -> dict[str, float]:
         cfg = self.config
         self.critic.train()
-        losses, clip_fracs, skipped = [], [], 0
-        size = len(batch.tokens)
-        for epoch in range(plan.updates_per_batch):
-            for rows in self._minibatches(size, step, 1000 + epoch):
-                minibatch_mask = batch.tokens.response_mask[rows]
-                self.critic_optimizer.zero_grad(set_to_none=True)
-                finite, mb_loss = True, 0.0
-                for micro in split_by_token_budget(batch.tokens.select(rows), cfg.train.micro_batch_tokens):
-                    index = rows[torch.as_tensor(micro)]
-                    sub = batch.tokens.select(index)
-                    width = sub.response_ids.shape[1]
-                    with self._autocast():
-                        values = token_values(self.critic, sub).float()
-                    loss, value_metrics = algos.value_loss(values, batch.old_values[index][:, :width],
-                                                           batch.returns[index][:, :width], sub.response_mask,
-                                                           clip=cfg.algorithm.value_clip, agg=cfg.algorithm.loss_agg)
-                    if not torch.isfinite(loss):
-                        finite = False
-                        break
-                    weight = self._micro_weight(sub.response_mask, minibatch_mask)
-                    (loss * weight).backward()
-                    mb_loss += float(loss.detach()) * weight
-                    clip_fracs.append(value_metrics["vf_clip_frac"])
-                if finite:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.train.max_grad_norm)
-                    finite = bool(torch.isfinite(grad_norm))
-                if not finite:
-                    skipped += 1
-                    self.critic_optimizer.zero_grad(set_to_none=True)
-                    logger.warning("step %d: non-finite critic loss or gradient, critic update skipped", step)
-                    continue
-                self.critic_optimizer.step()
-                losses.append(mb_loss)
+        clip_fracs: list[float] = []
+
+        def micro_loss(index: torch.Tensor, sub: TokenBatch) -> torch.Tensor:
+            width = sub.response_ids.shape[1]
+            with self._autocast():
+                values = token_values(self.critic, sub).float()
+            loss, value_metrics = algos.value_loss(values, batch.old_values[index][:, :width],
+                                                   batch.returns[index][:, :width], sub.response_mask,
+                                                   clip=cfg.algorithm.value_clip, agg=cfg.algorithm.loss_agg)
+            clip_fracs.append(value_metrics["vf_clip_frac"])
+            return loss
+
+        # a different shuffle from the policy's (offset pass numbers), still a function of (seed, step)
+        results = [self._minibatch_step(batch, rows, self.critic_optimizer, self.critic, micro_loss, step, "critic")
+                   for epoch in range(plan.updates_per_batch)
+                   for rows in self._minibatches(len(batch.tokens), step, 1000 + epoch)]
+        losses = [r[0] for r in results if r is not None]
         with torch.no_grad():
             mask = batch.tokens.response_mask
             explained = 1 - algos.masked_mean((batch.returns - batch.old_values).square(), mask) / (
                 algos.masked_mean((batch.returns - algos.masked_mean(batch.returns, mask)).square(), mask) + 1e-8)
         return {"loss/value": float(np.mean(losses)) if losses else float("nan"),
                 "value/clip_fraction": float(np.mean(clip_fracs)) if clip_fracs else 0.0,
-                "value/explained_variance": float(explained), "skipped_critic_updates": skipped}
+                "value/explained_variance": float(explained),
+                "skipped_critic_updates": len(results) - len(losses)}
 
     # ------------------------------------------------------------------------------------------------ evaluation
     def eval_sets(self) -> dict[str, list[Example]]:
