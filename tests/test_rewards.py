@@ -152,6 +152,38 @@ def test_no_answer(reward, response):
     assert (score.status, score.correct, score.reward, score.extracted) == ("no_answer", False, 0.0, None)
 
 
+# The exploit a ReMix-GRPO run on arithmetic found within 8 steps (docs/results.md): restate the question.
+RESTATED = [
+    # (problem, gold, response, correct, status)
+    ("What is 8 - 65?", "-57", "8 - 65 = \\boxed{}", False, "no_answer"),  # empty final box: no fallback
+    ("What is 8 - 65?", "-57", "\\boxed{8 - 65}", False, "restated_problem"),
+    ("What is 8 - 65?", "-57", "The answer is $8-65$.", False, "restated_problem"),
+    ("Compute $\\frac{1}{2} + \\frac{1}{3}$.", "\\frac{5}{6}", "\\boxed{\\frac{1}{2} + \\frac{1}{3}}", False,
+     "restated_problem"),
+    # real answers are untouched, also when they appear in the question
+    ("What is 8 - 65?", "-57", "8 - 65 = -57", True, "ok"),
+    ("What is 8 - 65?", "-57", "So \\boxed{-57}.", True, "ok"),
+    ("What is 45 + 0?", "45", "\\boxed{45}", True, "ok"),
+    ("Compute $\\frac{1}{2} + \\frac{1}{3}$.", "\\frac{5}{6}", "\\boxed{\\frac{5}{6}}", True, "ok"),
+    ("Which is larger, $2^{10}$ or $10^3$?", "2^{10}", "\\boxed{2^{10}}", True, "ok"),
+]
+
+
+@pytest.mark.parametrize("problem, gold, response, correct, status", RESTATED)
+def test_restating_the_question_is_not_an_answer(reward, problem, gold, response, correct, status):
+    score = reward.score([response], [Example(problem=problem, answer=gold, id="x")])[0]
+    assert (score.correct, score.status, score.reward) == (correct, status, 1.0 if correct else 0.0)
+
+
+def test_restated_answers_are_counted(reward):
+    from remix_rft.rewards import summarise_scores
+
+    examples = [Example(problem="What is 2 + 3?", answer="5", id=str(i)) for i in range(3)]
+    scores = reward.score(["\\boxed{2 + 3}", "\\boxed{5}", "2 + 3 = \\boxed{}"], examples)
+    summary = summarise_scores(scores)
+    assert summary["restated_problem"] == 1 and summary["no_answer"] == 1 and summary["accuracy"] == pytest.approx(1 / 3)
+
+
 def test_reward_values_are_configurable(reward):
     custom = MathReward(correct_reward=2.0, incorrect_reward=-1.0, pool=reward.pool)
     scores = custom.score(["\\boxed{4}", "\\boxed{5}", "nothing"], examples_for(["4", "4", "4"]))
@@ -323,15 +355,17 @@ def test_summarise_scores():
         Score(0.0, False, None, "timeout"),
         Score(0.0, False, None, "error"),
         Score(0.5, False, "2"),
+        Score(0.0, False, "2 + 3", "restated_problem"),
     ]
     summary = summarise_scores(scores)
     assert summary == {
-        "count": 5.0,
-        "reward_mean": 0.3,
-        "accuracy": 0.2,
+        "count": 6.0,
+        "reward_mean": 0.25,
+        "accuracy": pytest.approx(1 / 6),
         "no_answer": 1.0,
         "timeout": 1.0,
         "error": 1.0,
+        "restated_problem": 1.0,
     }
     assert summarise_scores([])["count"] == 0.0
 

@@ -361,7 +361,7 @@ class Trainer:
             "updates_per_batch": plan.updates_per_batch, "buffer/groups": len(self.buffer),
             "lr": self.lr_scheduler.get_last_lr()[0],
         }
-        record.update({f"verifier/{k}": v for k, v in score_summary.items() if k in ("timeout", "error", "no_answer")})
+        record.update({f"verifier/{k}": v for k, v in score_summary.items() if k in ("timeout", "error", "no_answer", "restated_problem")})
         record.update(pass_metrics)
         record.update(update_metrics)
         record.update({f"time/{k}": v for k, v in times.items()})

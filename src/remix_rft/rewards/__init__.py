@@ -6,18 +6,27 @@ from remix_rft.rewards.combined import CombinedReward
 from remix_rft.rewards.custom import CustomReward, load_callable
 from remix_rft.rewards.factory import REWARD_NAMES, build_reward, summarise_scores
 from remix_rft.rewards.format_reward import FormatReward
-from remix_rft.rewards.math_reward import DEFAULT_MAX_RESPONSE_CHARS, MathReward, answer_region, gold_answers
+from remix_rft.rewards.math_reward import (
+    DEFAULT_MAX_RESPONSE_CHARS,
+    STATUS_RESTATED,
+    MathReward,
+    answer_region,
+    gold_answers,
+    restates_problem,
+)
 from remix_rft.rewards.verifier import STATUSES, GradeResult, VerifierError, VerifierPool
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_CHARS",
     "REWARD_NAMES",
     "STATUSES",
+    "STATUS_RESTATED",
     "CombinedReward",
     "CustomReward",
     "FormatReward",
     "GradeResult",
     "MathReward",
+    "restates_problem",
     "RewardFunction",
     "Score",
     "VerifierError",

@@ -8,7 +8,7 @@ from remix_rft.rewards.base import RewardFunction, Score
 from remix_rft.rewards.combined import CombinedReward
 from remix_rft.rewards.custom import CustomReward
 from remix_rft.rewards.format_reward import FormatReward
-from remix_rft.rewards.math_reward import MathReward
+from remix_rft.rewards.math_reward import STATUS_RESTATED, MathReward
 from remix_rft.rewards.verifier import DEFAULT_TIMEOUT, STATUS_ERROR, STATUS_NO_ANSWER, STATUS_TIMEOUT
 
 REWARD_NAMES = ("math", "custom")
@@ -60,7 +60,7 @@ def build_reward(
 
 
 def summarise_scores(scores: Sequence[Score]) -> dict[str, float]:
-    """Reward mean, accuracy and the grading-problem counts (no_answer / timeout / error) of a batch."""
+    """Reward mean, accuracy and the grading-problem counts (no_answer / timeout / error / restated_problem)."""
     count = len(scores)
     statuses = [score.status for score in scores]
     return {
@@ -70,4 +70,5 @@ def summarise_scores(scores: Sequence[Score]) -> dict[str, float]:
         "no_answer": float(statuses.count(STATUS_NO_ANSWER)),
         "timeout": float(statuses.count(STATUS_TIMEOUT)),
         "error": float(statuses.count(STATUS_ERROR)),
+        "restated_problem": float(statuses.count(STATUS_RESTATED)),
     }

@@ -8,6 +8,7 @@ response costs at most `timeout` seconds and is reported as status "timeout", ne
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from decimal import Decimal
 
@@ -21,6 +22,31 @@ THINK_END = "</think>"
 # some scale worse than linearly, so megabytes of degenerate output (repetition loops) are cut to their tail
 # before grading. 20k characters hold the last few pages of reasoning, far more than any final answer needs.
 DEFAULT_MAX_RESPONSE_CHARS = 20_000
+# math-verify evaluates expressions, so an "answer" that restates the question ("\boxed{8 - 65}" for "What is
+# 8 - 65?") grades as its value. A policy finds that within a few steps; such answers get this status and no reward.
+STATUS_RESTATED = "restated_problem"
+_LATEX_NOISE = re.compile(r"\\[,;:! ]|\\left|\\right|\$|\s+")
+_PLAIN_NUMBER = re.compile(r"-?\d[\d,]*(\.\d+)?|-?\.\d+")
+_BOXED = re.compile(r"^\\boxed\{(.*)\}$", re.DOTALL)
+
+
+def _normalise(text: str) -> str:
+    text = _LATEX_NOISE.sub("", text)
+    boxed = _BOXED.match(text)
+    return boxed.group(1) if boxed else text
+
+
+def restates_problem(extracted: str | None, problem: str, golds: Sequence[str]) -> bool:
+    """True when the graded answer is an expression copied from the problem rather than an answer to it.
+
+    A plain number, or an answer written exactly as a gold answer, always counts as an answer.
+    """
+    if not extracted:
+        return False
+    answer = _normalise(extracted)
+    if not answer or _PLAIN_NUMBER.fullmatch(answer) or any(answer == _normalise(g) for g in golds):
+        return False
+    return answer in _normalise(problem)
 
 
 def answer_region(response: str) -> str:
@@ -94,15 +120,17 @@ class MathReward:
         """
         text = answer_region(response)[-self.max_response_chars :]
         boxed = last_boxed_content(text)
-        if boxed is not None and boxed.strip():
-            return f"\\boxed{{{boxed}}}"
+        if boxed is not None:
+            # a final box left empty is a non-answer: falling back to extraction would grade the text before it,
+            # e.g. the question restated ("8 - 65 = \\boxed{}")
+            return f"\\boxed{{{boxed}}}" if boxed.strip() else None
         return None if self.require_boxed else text
 
     def score(self, responses: Sequence[str], examples: Sequence[Example]) -> list[Score]:
         if len(responses) != len(examples):
             raise ValueError(f"{len(responses)} responses but {len(examples)} examples")
         scores: list[Score | None] = [None] * len(responses)
-        jobs, job_positions = [], []
+        jobs, job_positions, job_golds = [], [], []
         for position, (response, example) in enumerate(zip(responses, examples)):
             golds = gold_answers(example.answer, example.id)
             prediction = self.prediction_text(response)
@@ -111,7 +139,11 @@ class MathReward:
                 continue
             jobs.append((golds, prediction))
             job_positions.append(position)
-        for position, result in zip(job_positions, self.pool.grade_batch(jobs)):
+            job_golds.append(golds)
+        for position, golds, result in zip(job_positions, job_golds, self.pool.grade_batch(jobs)):
+            if result.correct and restates_problem(result.extracted, examples[position].problem, golds):
+                scores[position] = Score(self.incorrect_reward, False, result.extracted, STATUS_RESTATED)
+                continue
             reward = self.correct_reward if result.correct else self.incorrect_reward
             scores[position] = Score(reward, result.correct, result.extracted, result.status)
         return [score for score in scores if score is not None]
