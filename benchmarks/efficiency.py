@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -115,6 +116,11 @@ class RunSummary:
     train: list[dict] = field(default_factory=list)
     wall: float = float("nan")
 
+    def final_problems(self) -> int | None:
+        """How many held-out problems the last evaluation graded (the sample size behind its accuracy)."""
+        value = self.evals[-1].get("eval/average/problems") if self.evals else None
+        return int(value) if value else None
+
     def accuracy_curve(self) -> list[tuple[int, float]]:
         return [(int(e["rollouts/total"]), float(e["eval/average/pass@1"])) for e in self.evals]
 
@@ -154,6 +160,21 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion: how far apart two runs' accuracies must be to mean anything."""
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _interval(s: RunSummary) -> str:
+    curve, n = s.accuracy_curve(), s.final_problems()
+    if not curve or not n:
+        return "-"
+    low, high = wilson_interval(curve[-1][1], n)
+    return f"{100 * low:.1f}-{100 * high:.1f}"
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -161,7 +182,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def main_table(summaries: list[RunSummary], budgets: list[int], target: float) -> str:
     header = ["run", "rollouts", *[f"acc @ {b}" for b in budgets], f"rollouts to {100 * target:.1f}%",
-              "acc before", "final acc", "s / step", "total s", "peak RSS (GB)"]
+              "acc before", "final acc", "95% CI", "s / step", "total s", "peak RSS (GB)"]
     rows = []
     for s in summaries:
         curve = s.accuracy_curve()
@@ -171,7 +192,7 @@ def main_table(summaries: list[RunSummary], budgets: list[int], target: float) -
                      *[_pct(s.accuracy_at(b)) for b in budgets],
                      "not reached" if reached is None else str(reached),
                      _pct(curve[0][1] if curve else None), _pct(curve[-1][1] if curve else None),
-                     _num(s.mean("time/step")), _num(s.wall, 0), _num(peak, 2)])
+                     _interval(s), _num(s.mean("time/step")), _num(s.wall, 0), _num(peak, 2)])
     return markdown_table(header, rows)
 
 
@@ -262,7 +283,7 @@ def write_report(path: Path, out: Path, specs: list[RunSpec], args: argparse.Nam
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/efficiency"), help="where the runs go")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--eval-every", type=int, default=4)
     parser.add_argument("--eval-limit", type=int, default=100)
     parser.add_argument("--runs", default="grpo,remix-grpo,ppo,remix-ppo,trl-grpo")

@@ -46,13 +46,23 @@ def test_budget_and_target_arithmetic(efficiency):
     assert summary.rollouts_to(0.5) is None
 
 
+def test_wilson_interval_by_hand(efficiency):
+    # 22/100: centre (0.22 + 1.96^2/200) / (1 + 1.96^2/100) = 0.2306..., half-width 0.0803...
+    low, high = efficiency.wilson_interval(0.22, 100)
+    assert low == pytest.approx(0.1500, abs=1e-4) and high == pytest.approx(0.3107, abs=1e-4)
+    assert efficiency.wilson_interval(0.0, 100)[0] == 0.0 and efficiency.wilson_interval(1.0, 50)[1] == 1.0
+    summary = efficiency.RunSummary(efficiency.RunSpec("x", [], "main"), evals=[
+        {"rollouts/total": 0, "eval/average/pass@1": 0.22, "eval/average/problems": 100.0}])
+    assert efficiency._interval(summary) == "15.0-31.1"
+
+
 def test_quick_study_end_to_end(efficiency, tmp_path):
     pytest.importorskip("trl")
     out, docs = tmp_path / "runs", tmp_path / "docs" / "results.md"
     assert efficiency.main(["--quick", "--out", str(out), "--runs", "grpo,remix-grpo,trl-grpo",
                             "--ablations", "no-utd", "--sweep", "0.5", "--docs", str(docs)]) == 0
     text = docs.read_text()
-    for label in ("GRPO", "ReMix-GRPO", "TRL GRPOTrainer", "w/o raised UTD", "p = 0.5", "rollouts to"):
+    for label in ("GRPO", "ReMix-GRPO", "TRL GRPOTrainer", "w/o raised UTD", "p = 0.5", "rollouts to", "95% CI"):
         assert label in text
     for name in ("grpo", "remix-grpo", "trl-grpo", "remix-grpo-no-utd", "sweep-p0.5"):
         lines = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
