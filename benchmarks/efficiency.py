@@ -175,6 +175,48 @@ def _interval(s: RunSummary) -> str:
     return f"{100 * low:.1f}-{100 * high:.1f}"
 
 
+def final_verdicts(run_dir: Path, step: int) -> dict[tuple[str, str], bool]:
+    """Per held-out problem, whether the evaluation at `step` got it right (first sample: greedy Pass@1)."""
+    path = run_dir / "eval" / f"step_{step:06d}" / "samples.jsonl"
+    if not path.exists():
+        return {}
+    verdicts = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("sample_index", 0) == 0:
+            verdicts[(row["benchmark"], str(row["problem_id"]))] = bool(row["correct"])
+    return verdicts
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar test (binomial on the discordant pairs): chance of a split this uneven under no
+    difference between two runs graded on the same problems."""
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_first, only_second) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_table(summaries: list[RunSummary], baseline: RunSummary, out: Path, steps: int) -> str:
+    """Each run against the baseline on the same held-out problems at the final evaluation."""
+    base = final_verdicts(out / baseline.spec.name, steps)
+    header = ["run", "problems", "both right", "right only here", f"right only in {baseline.spec.label}",
+              "exact McNemar p"]
+    rows = []
+    for s in summaries:
+        verdicts = final_verdicts(out / s.spec.name, steps)
+        shared = sorted(set(verdicts) & set(base))
+        if s is baseline or not shared:
+            continue
+        both = sum(verdicts[k] and base[k] for k in shared)
+        only_here = sum(verdicts[k] and not base[k] for k in shared)
+        only_base = sum(base[k] and not verdicts[k] for k in shared)
+        rows.append([s.spec.label or s.spec.name, str(len(shared)), str(both), str(only_here), str(only_base),
+                     f"{mcnemar_exact(only_here, only_base):.2f}"])
+    return markdown_table(header, rows)
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -267,6 +309,14 @@ def write_report(path: Path, out: Path, specs: list[RunSpec], args: argparse.Nam
         points = groups["sweep"] + [s for s in groups["ablation"] if s.spec.name.endswith("no-reincarnation")]
         parts += ["", "## Off-policy fraction sweep (no reincarnation): the Whipping effect", "",
                   sweep_table(points, out)]
+    baseline = summaries.get("grpo")
+    if baseline is not None:
+        table = paired_table([summaries[s.name] for s in specs], baseline, out, args.steps if not args.quick else 2)
+        if table.count("\n") > 1:
+            parts += ["", "## Paired against GRPO at the final evaluation", "",
+                      "Same held-out problems, greedy answers: problems only one of the two runs gets right, and the "
+                      "exact McNemar test on them (p < 0.05: the difference is unlikely to be evaluation noise).", "",
+                      table]
     shown = [f for f in figures if f.stem in REPORT_FIGURES]
     if shown:
         parts += ["", "## Figures", ""]

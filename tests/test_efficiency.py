@@ -56,13 +56,36 @@ def test_wilson_interval_by_hand(efficiency):
     assert efficiency._interval(summary) == "15.0-31.1"
 
 
+def test_mcnemar_exact_by_hand(efficiency):
+    # 5 discordant problems split 0/5: 2 * (1/32) = 0.0625; split 1/4: 2 * (1 + 5)/32 = 0.375
+    assert efficiency.mcnemar_exact(0, 5) == pytest.approx(0.0625)
+    assert efficiency.mcnemar_exact(4, 1) == pytest.approx(0.375)
+    assert efficiency.mcnemar_exact(0, 0) == 1.0 and efficiency.mcnemar_exact(3, 3) == 1.0
+
+
+def test_paired_table_counts_discordant_problems(efficiency, tmp_path):
+    def write(name, verdicts):
+        folder = tmp_path / name / "eval" / "step_000004"
+        folder.mkdir(parents=True)
+        folder.joinpath("samples.jsonl").write_text("".join(
+            json.dumps({"benchmark": "arithmetic", "problem_id": f"p{i}", "sample_index": 0, "correct": v}) + "\n"
+            for i, v in enumerate(verdicts)))
+        return efficiency.RunSummary(efficiency.RunSpec(name, [], "main", label=name.upper()))
+
+    base = write("grpo", [True, True, False, False, False])
+    other = write("remix", [True, False, True, True, False])
+    table = efficiency.paired_table([base, other], base, tmp_path, 4)
+    assert "| REMIX | 5 | 1 | 2 | 1 | 1.00 |" in table and "| GRPO |" not in table.split("\n", 2)[2]
+
+
 def test_quick_study_end_to_end(efficiency, tmp_path):
     pytest.importorskip("trl")
     out, docs = tmp_path / "runs", tmp_path / "docs" / "results.md"
     assert efficiency.main(["--quick", "--out", str(out), "--runs", "grpo,remix-grpo,trl-grpo",
                             "--ablations", "no-utd", "--sweep", "0.5", "--docs", str(docs)]) == 0
     text = docs.read_text()
-    for label in ("GRPO", "ReMix-GRPO", "TRL GRPOTrainer", "w/o raised UTD", "p = 0.5", "rollouts to", "95% CI"):
+    for label in ("GRPO", "ReMix-GRPO", "TRL GRPOTrainer", "w/o raised UTD", "p = 0.5", "rollouts to", "95% CI",
+                  "Paired against GRPO"):
         assert label in text
     for name in ("grpo", "remix-grpo", "trl-grpo", "remix-grpo-no-utd", "sweep-p0.5"):
         lines = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
