@@ -330,6 +330,19 @@ def write_report(path: Path, out: Path, specs: list[RunSpec], args: argparse.Nam
     return text
 
 
+def _without_notes(argv: list[str]) -> list[str]:
+    """The command line as reported: `--notes` only adds prose, and its text would swamp the command."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--notes":
+            skip = True
+        elif not arg.startswith("--notes="):
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/efficiency"), help="where the runs go")
@@ -374,19 +387,19 @@ def main(argv: list[str] | None = None) -> int:
 
     figures: list[Path] = []
     if args.docs:
-        # the figures the study is about; plot_runs draws a few more (they stay beside these, unlinked)
+        # only the figures the report links (`remix-rft plot` on the run directories draws the rest)
         from remix_rft.plotting import plot_runs
 
         figure_dir = args.docs.parent / "figures"
         main_runs = [args.out / s.name for s in specs if s.group == "main"]
         if main_runs:
             figures += plot_runs(main_runs, figure_dir / "main", labels=[s.label for s in specs if s.group == "main"],
-                                 verbose=False)
+                                 verbose=False, only=REPORT_FIGURES)
         extra = [s for s in specs if s.group != "main"]
         if extra:
             figures += plot_runs([args.out / s.name for s in extra], figure_dir / "ablations_sweep",
-                                 labels=[s.label for s in extra], verbose=False)
-    command = "python benchmarks/efficiency.py " + " ".join(argv if argv is not None else sys.argv[1:])
+                                 labels=[s.label for s in extra], verbose=False, only=REPORT_FIGURES)
+    command = "python benchmarks/efficiency.py " + " ".join(_without_notes(argv if argv is not None else sys.argv[1:]))
     report_path = args.docs or (args.out / "results.md")
     text = write_report(report_path, args.out, specs, args, base, budgets, target, figures, command)
     print(text)

@@ -56,6 +56,11 @@ def test_wilson_interval_by_hand(efficiency):
     assert efficiency._interval(summary) == "15.0-31.1"
 
 
+def test_reported_command_leaves_out_the_notes(efficiency):
+    argv = ["--out", "x", "--notes", "long text", "--steps", "3", "--notes=more"]
+    assert efficiency._without_notes(argv) == ["--out", "x", "--steps", "3"]
+
+
 def test_mcnemar_exact_by_hand(efficiency):
     # 5 discordant problems split 0/5: 2 * (1/32) = 0.0625; split 1/4: 2 * (1 + 5)/32 = 0.375
     assert efficiency.mcnemar_exact(0, 5) == pytest.approx(0.0625)

@@ -105,6 +105,15 @@ def test_two_runs_write_every_figure(tmp_path: Path) -> None:
         assert_png(path)
 
 
+def test_only_the_named_figures(tmp_path: Path) -> None:
+    remix = write_run(tmp_path / "remix-grpo")
+    written = plot_runs([remix], tmp_path / "plots", only=["reward", "accuracy_math500"])
+    assert sorted(path.name for path in written) == ["accuracy_math500.png", "reward.png"]
+    assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == ["accuracy_math500.png", "reward.png"]
+    with pytest.raises(ValueError, match="unknown figure"):
+        plot_runs([remix], tmp_path / "plots", only=["rewards"])
+
+
 def test_reincarnation_step_from_event_config_or_absent(tmp_path: Path) -> None:
     from_event = load_run(write_run(tmp_path / "a", reincarnate_at=6))
     assert from_event.reincarnate_at == 6

@@ -306,11 +306,13 @@ def _per_benchmark_spec(benchmark: str) -> FigureSpec:
 
 
 def plot_runs(
-    run_dirs: Sequence[Path], out_dir: Path, labels: Sequence[str] | None = None, verbose: bool = True
+    run_dirs: Sequence[Path], out_dir: Path, labels: Sequence[str] | None = None, verbose: bool = True,
+    only: Sequence[str] | None = None,
 ) -> list[Path]:
     """Write one PNG per figure overlaying all runs; returns the paths written.
 
-    Figures no run has data for are skipped (a note goes to stderr when `verbose`).
+    Figures no run has data for are skipped (a note goes to stderr when `verbose`). `only` names the figures
+    (file stems such as "accuracy_vs_rollouts") to draw; by default all of them.
     """
     if not run_dirs:
         raise ValueError("plot_runs needs at least one run directory")
@@ -320,6 +322,12 @@ def plot_runs(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = list(FIGURES) + [_per_benchmark_spec(name) for name in _benchmark_names(runs)]
+    if only is not None:
+        known = {Path(spec.filename).stem for spec in specs}
+        unknown = sorted(set(only) - known)
+        if unknown:
+            raise ValueError(f"unknown figure(s) {unknown}; known: {sorted(known)}")
+        specs = [spec for spec in specs if Path(spec.filename).stem in only]
     written: list[Path] = []
     for spec in specs:
         out_path = out_dir / spec.filename
