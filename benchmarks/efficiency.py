@@ -280,7 +280,7 @@ def machine_description() -> str:
 
 
 def write_report(path: Path, out: Path, specs: list[RunSpec], args: argparse.Namespace, base: list[str],
-                 budgets: list[int], target: float, figures: list[Path], command: str) -> str:
+                 budgets: list[int], target: float, figures: list[Path], command: str, steps: int) -> str:
     summaries = {s.name: summarise(s, out) for s in specs}
     groups = {g: [summaries[s.name] for s in specs if s.group == g] for g in ("main", "ablation", "sweep")}
     reference = summaries.get("remix-grpo")
@@ -311,7 +311,7 @@ def write_report(path: Path, out: Path, specs: list[RunSpec], args: argparse.Nam
                   sweep_table(points, out)]
     baseline = summaries.get("grpo")
     if baseline is not None:
-        table = paired_table([summaries[s.name] for s in specs], baseline, out, args.steps if not args.quick else 2)
+        table = paired_table([summaries[s.name] for s in specs], baseline, out, steps)
         if table.count("\n") > 1:
             parts += ["", "## Paired against GRPO at the final evaluation", "",
                       "Same held-out problems, greedy answers: problems only one of the two runs gets right, and the "
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                                  labels=[s.label for s in extra], verbose=False, only=REPORT_FIGURES)
     command = "python benchmarks/efficiency.py " + " ".join(_without_notes(argv if argv is not None else sys.argv[1:]))
     report_path = args.docs or (args.out / "results.md")
-    text = write_report(report_path, args.out, specs, args, base, budgets, target, figures, command)
+    text = write_report(report_path, args.out, specs, args, base, budgets, target, figures, command, steps)
     print(text)
     return 0
 
