@@ -54,7 +54,6 @@ import argparse
 import copy
 import logging
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -74,10 +73,10 @@ from remix_rft.data.types import Example
 from remix_rft.evaluation import EvalReport, build_eval_sets, evaluate
 from remix_rft.metrics import MetricsLogger
 from remix_rft.models import load_model, load_tokenizer
-from remix_rft.rewards import build_reward, summarise_scores
+from remix_rft.rewards import GRADING_PROBLEMS, build_reward, summarise_scores
 from remix_rft.rewards.base import RewardFunction
 from remix_rft.rollout import SamplingParams, build_engine
-from remix_rft.trainer import PromptSampler, comparison_table
+from remix_rft.trainer import PromptSampler, comparison_table, peak_rss_mb
 
 logger = logging.getLogger("trl_baseline")
 
@@ -254,12 +253,6 @@ class TRLReward:
 
 
 # ---------------------------------------------------------------------------------------------------- logging
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
 class BaselineRun:
     """Our-format bookkeeping for a TRL run: train lines per generation batch, evaluations, totals."""
 
@@ -325,7 +318,7 @@ class BaselineRun:
             "response_length/truncated_share": float(np.mean(batch.truncated)),
             "offpolicy_fraction": 0.0, "updates_per_batch": 1, "optimizer_steps": len(self.trl_logs),
         }
-        record.update({f"verifier/{k}": v for k, v in summary.items() if k in ("timeout", "error", "no_answer")})
+        record.update({f"verifier/{k}": summary[k] for k in GRADING_PROBLEMS})
         if self.trl_logs:
             record["lr"] = self.trl_logs[-1].get("learning_rate", float("nan"))
         values: dict[str, list[float]] = defaultdict(list)

@@ -11,6 +11,7 @@ import torch
 
 from remix_rft import algos
 from remix_rft.config import load_config
+from remix_rft.rewards import GRADING_PROBLEMS
 from remix_rft.trainer import Trainer, run_training
 
 TINY = [
@@ -52,6 +53,7 @@ def test_algorithms_run_end_to_end(tmp_path, name):
             assert key in line, f"{key} missing at step {line['step']}"
             assert line[key] is None or math.isfinite(line[key])
         assert line["kl/base"] >= 0
+        assert all(0 <= line[f"verifier/{status}"] <= line["rollouts/step"] for status in GRADING_PROBLEMS)
     total = 0
     for line in train:
         mix = remix and line["step"] <= 2

@@ -13,7 +13,7 @@ import yaml
 
 from remix_rft.config import ConfigError, config_from_dict, load_config
 from remix_rft.data.types import Example
-from remix_rft.rewards import build_reward
+from remix_rft.rewards import GRADING_PROBLEMS, build_reward
 
 pytest.importorskip("trl")
 
@@ -119,6 +119,8 @@ def test_two_step_run_writes_our_metrics_format(tmp_path):
         assert line["kl/base"] >= 0 and line["time/step"] > 0
         # TRL's own completion-length log agrees with the lengths the reward function saw
         assert line["trl/completions/mean_length"] == pytest.approx(line["response_length/mean"])
+        # the same grading-problem counts as our trainer logs
+        assert all(0 <= line[f"verifier/{status}"] <= 4 for status in GRADING_PROBLEMS)
     assert train[-1]["memory/peak_rss_mb"] > 0
 
     assert [line["step"] for line in evals] == [0, 2]

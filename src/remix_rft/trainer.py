@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from remix_rft.data.types import Example
 from remix_rft.evaluation import build_eval_sets, evaluate
 from remix_rft.metrics import MetricsLogger, truncate_metrics_after
 from remix_rft.models import ValueModel, autocast_context, load_model, load_tokenizer
-from remix_rft.rewards import build_reward, summarise_scores
+from remix_rft.rewards import GRADING_PROBLEMS, build_reward, summarise_scores
 from remix_rft.rollout import SamplingParams, build_engine
 from remix_rft.schedule import ReMixSchedule, StepPlan
 
@@ -49,9 +50,15 @@ logger = logging.getLogger(__name__)
 CRITIC_ESTIMATORS = {"gae"}
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (ru_maxrss is in KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
     """Peak resident memory of this process (and peak allocated GPU memory on CUDA), in MiB."""
-    out = {"memory/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+    out = {"memory/peak_rss_mb": peak_rss_mb()}
     if device.type == "cuda":
         out["memory/peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
@@ -361,7 +368,7 @@ class Trainer:
             "updates_per_batch": plan.updates_per_batch, "buffer/groups": len(self.buffer),
             "lr": self.lr_scheduler.get_last_lr()[0],
         }
-        record.update({f"verifier/{k}": v for k, v in score_summary.items() if k in ("timeout", "error", "no_answer", "restated_problem")})
+        record.update({f"verifier/{k}": score_summary[k] for k in GRADING_PROBLEMS})
         record.update(pass_metrics)
         record.update(update_metrics)
         record.update({f"time/{k}": v for k, v in times.items()})

@@ -4,7 +4,7 @@ user functions by import path, and their sum."""
 from remix_rft.rewards.base import RewardFunction, Score
 from remix_rft.rewards.combined import CombinedReward
 from remix_rft.rewards.custom import CustomReward, load_callable
-from remix_rft.rewards.factory import REWARD_NAMES, build_reward, summarise_scores
+from remix_rft.rewards.factory import GRADING_PROBLEMS, REWARD_NAMES, build_reward, summarise_scores
 from remix_rft.rewards.format_reward import FormatReward
 from remix_rft.rewards.math_reward import (
     DEFAULT_MAX_RESPONSE_CHARS,
@@ -18,6 +18,7 @@ from remix_rft.rewards.verifier import STATUSES, GradeResult, VerifierError, Ver
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_CHARS",
+    "GRADING_PROBLEMS",
     "REWARD_NAMES",
     "STATUSES",
     "STATUS_RESTATED",

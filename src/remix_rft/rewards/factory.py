@@ -59,16 +59,18 @@ def build_reward(
     return CombinedReward(primary, *extras) if extras else primary
 
 
+# the statuses counted per batch (logged as `verifier/<status>`): responses that got no reward for a reason other than
+# a wrong answer
+GRADING_PROBLEMS = (STATUS_NO_ANSWER, STATUS_TIMEOUT, STATUS_ERROR, STATUS_RESTATED)
+
+
 def summarise_scores(scores: Sequence[Score]) -> dict[str, float]:
-    """Reward mean, accuracy and the grading-problem counts (no_answer / timeout / error / restated_problem)."""
+    """Reward mean, accuracy and the count of each grading problem (`GRADING_PROBLEMS`) of a batch."""
     count = len(scores)
     statuses = [score.status for score in scores]
     return {
         "count": float(count),
         "reward_mean": sum(score.reward for score in scores) / count if count else 0.0,
         "accuracy": sum(bool(score.correct) for score in scores) / count if count else 0.0,
-        "no_answer": float(statuses.count(STATUS_NO_ANSWER)),
-        "timeout": float(statuses.count(STATUS_TIMEOUT)),
-        "error": float(statuses.count(STATUS_ERROR)),
-        "restated_problem": float(statuses.count(STATUS_RESTATED)),
+        **{status: float(statuses.count(status)) for status in GRADING_PROBLEMS},
     }
