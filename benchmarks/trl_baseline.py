@@ -76,7 +76,7 @@ from remix_rft.models import load_model, load_tokenizer
 from remix_rft.rewards import GRADING_PROBLEMS, build_reward, summarise_scores
 from remix_rft.rewards.base import RewardFunction
 from remix_rft.rollout import SamplingParams, build_engine
-from remix_rft.trainer import PromptSampler, comparison_table, peak_rss_mb
+from remix_rft.trainer import PromptSampler, peak_rss_mb, report_before_after
 
 logger = logging.getLogger("trl_baseline")
 
@@ -425,12 +425,7 @@ def run_trl_grpo(config: Config, run_dir: Path) -> Path:
             raise RuntimeError(f"TRL ran {run.step} of our steps, expected {config.train.steps}")
         if config.eval.after_training and config.eval.benchmarks:
             run.evaluate(run.step)
-        if run.eval_history:  # the same before/after table our run_training prints and writes
-            before = run.eval_history[0][1] if run.eval_history[0][0] == 0 else None
-            after = run.eval_history[-1][1]
-            print(f"\nHeld-out evaluation ({run.rollouts_total} rollouts generated in training):\n"
-                  f"{comparison_table(before, after)}")
-            (run_dir / "eval_summary.md").write_text(comparison_table(before, after, fmt="markdown") + "\n")
+        report_before_after(run.eval_history, run_dir, run.rollouts_total)  # as our run_training does
     finally:
         run.close()
         output_dir = Path(values["output_dir"])

@@ -766,12 +766,10 @@ class Trainer:
 
 def comparison_table(before, after, fmt: str = "text") -> str:
     """Held-out Pass@1 before vs after training, per benchmark and averaged."""
-    before_rows = {name: value for name, value in _pass_at_1(before).items()}
-    after_rows = _pass_at_1(after)
-    names = list(after_rows)
+    before_rows, after_rows = _pass_at_1(before), _pass_at_1(after)
     header = ["benchmark", "pass@1 before", "pass@1 after", "change"]
     rows = []
-    for name in names:
+    for name in after_rows:
         b, a = before_rows.get(name), after_rows[name]
         rows.append([name, "-" if b is None else f"{100 * b:.1f}", f"{100 * a:.1f}",
                      "-" if b is None else f"{100 * (a - b):+.1f}"])
@@ -796,6 +794,17 @@ def _pass_at_1(report) -> dict[str, float]:
     return out
 
 
+def report_before_after(eval_history: list[tuple[int, Any]], run_dir: Path, rollouts_total: int) -> None:
+    """Print the held-out before/after table of a finished run and write it to `eval_summary.md`."""
+    if not eval_history:
+        return
+    before = eval_history[0][1] if eval_history[0][0] == 0 else None
+    after = eval_history[-1][1]
+    print(f"\nHeld-out evaluation ({rollouts_total} rollouts generated in training):\n"
+          f"{comparison_table(before, after)}")
+    (Path(run_dir) / "eval_summary.md").write_text(comparison_table(before, after, fmt="markdown") + "\n")
+
+
 def run_training(config: Config, resume: Path | None = None,
                  on_step_end: Callable[[Trainer, dict[str, Any]], None] | None = None) -> Trainer:
     """Train from a config (or resume a run dir) and print the before/after evaluation table."""
@@ -810,12 +819,7 @@ def run_training(config: Config, resume: Path | None = None,
         trainer.train()
     finally:
         trainer.close()
-    if trainer.eval_history:
-        before = trainer.eval_history[0][1] if trainer.eval_history[0][0] == 0 else None
-        after = trainer.eval_history[-1][1]
-        table = comparison_table(before, after)
-        print(f"\nHeld-out evaluation ({trainer.state.rollouts_total} rollouts generated in training):\n{table}")
-        (trainer.run_dir / "eval_summary.md").write_text(comparison_table(before, after, fmt="markdown") + "\n")
+    report_before_after(trainer.eval_history, trainer.run_dir, trainer.state.rollouts_total)
     print(f"run directory: {trainer.run_dir}")
     return trainer
 
