@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from remix_rft.evaluation import markdown_table
 from remix_rft.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -215,11 +216,6 @@ def paired_table(summaries: list[RunSummary], baseline: RunSummary, out: Path, s
         rows.append([s.spec.label or s.spec.name, str(len(shared)), str(both), str(only_here), str(only_base),
                      f"{mcnemar_exact(only_here, only_base):.2f}"])
     return markdown_table(header, rows)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def main_table(summaries: list[RunSummary], budgets: list[int], target: float) -> str:

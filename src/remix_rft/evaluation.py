@@ -203,6 +203,13 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], right_align_numbers: bool = False) -> str:
+    """A GitHub markdown table, no trailing newline; `right_align_numbers` right-aligns all columns but the first."""
+    rule = ["---"] + ["---:" if right_align_numbers else "---"] * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 @dataclass
 class EvalReport:
     """Per-benchmark rows (the last one is the average), every graded response, and the settings used."""
@@ -249,12 +256,7 @@ class EvalReport:
         """The results table; rates in percent, length in tokens. `fmt`: "text" (aligned) or "markdown"."""
         header, body = self._table_cells()
         if fmt == "markdown":
-            lines = [
-                "| " + " | ".join(header) + " |",
-                "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
-            ]
-            lines += ["| " + " | ".join(cells) + " |" for cells in body]
-            return "\n".join(lines) + "\n"
+            return markdown_table(header, body, right_align_numbers=True) + "\n"
         if fmt != "text":
             raise ValueError(f'table format must be "text" or "markdown", got {fmt!r}')
         widths = [max(len(cells[i]) for cells in [header, *body]) for i in range(len(header))]

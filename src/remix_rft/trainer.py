@@ -37,7 +37,7 @@ from remix_rft.checkpoint import latest_checkpoint, save_checkpoint
 from remix_rft.config import Config, load_yaml
 from remix_rft.data import format_prompt, load_examples
 from remix_rft.data.types import Example
-from remix_rft.evaluation import build_eval_sets, evaluate
+from remix_rft.evaluation import build_eval_sets, evaluate, markdown_table
 from remix_rft.metrics import MetricsLogger, truncate_metrics_after
 from remix_rft.models import ValueModel, autocast_context, load_model, load_tokenizer
 from remix_rft.rewards import GRADING_PROBLEMS, build_reward, summarise_scores
@@ -774,9 +774,7 @@ def comparison_table(before, after, fmt: str = "text") -> str:
         rows.append([name, "-" if b is None else f"{100 * b:.1f}", f"{100 * a:.1f}",
                      "-" if b is None else f"{100 * (a - b):+.1f}"])
     if fmt == "markdown":
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines)
+        return markdown_table(header, rows)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     fmt_row = "  ".join(f"{{:<{w}}}" for w in widths).format
     return "\n".join([fmt_row(*header), fmt_row(*["-" * w for w in widths])] + [fmt_row(*row) for row in rows])
