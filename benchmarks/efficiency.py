@@ -17,13 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+import torch
+import yaml
 
 from remix_rft.evaluation import markdown_table
 from remix_rft.metrics import read_metrics
@@ -89,8 +94,6 @@ def run_one(spec: RunSpec, base: list[str], out: Path, steps: int) -> None:
         return
     if run_dir.exists():
         # a half-finished run is restarted from scratch: its timings would not be comparable otherwise
-        import shutil
-
         shutil.rmtree(run_dir)
     overrides = [*base, *spec.overrides]
     if spec.engine == "trl":
@@ -236,8 +239,6 @@ def main_table(summaries: list[RunSummary], budgets: list[int], target: float) -
 
 def run_setting(run_dir: Path, section: str, key: str):
     """A value from a run's resolved config.yaml (None when absent)."""
-    import yaml
-
     path = run_dir / "config.yaml"
     if not path.exists():
         return None
@@ -259,7 +260,6 @@ def sweep_table(summaries: list[RunSummary], out: Path) -> str:
 
 
 def machine_description() -> str:
-    import torch
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -269,8 +269,6 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    import os
-
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
             f"{platform.system()} {platform.release()}")
 
