@@ -260,7 +260,6 @@ def sweep_table(summaries: list[RunSummary], out: Path) -> str:
 
 
 def machine_description() -> str:
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
