@@ -587,6 +587,45 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def comparison_table(before, after, fmt: str = "text") -> str:
+    """Held-out Pass@1 before vs after training, per benchmark and averaged."""
+    before_rows, after_rows = _pass_at_1(before), _pass_at_1(after)
+    header = ["benchmark", "pass@1 before", "pass@1 after", "change"]
+    rows = []
+    for name in after_rows:
+        b, a = before_rows.get(name), after_rows[name]
+        rows.append([name, "-" if b is None else f"{100 * b:.1f}", f"{100 * a:.1f}",
+                     "-" if b is None else f"{100 * (a - b):+.1f}"])
+    if fmt == "markdown":
+        return markdown_table(header, rows)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt_row = "  ".join(f"{{:<{w}}}" for w in widths).format
+    return "\n".join([fmt_row(*header), fmt_row(*["-" * w for w in widths])] + [fmt_row(*row) for row in rows])
+
+
+def _pass_at_1(report) -> dict[str, float]:
+    if report is None:
+        return {}
+    metrics = report.metrics(prefix="eval")
+    out = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == "pass@1":
+            out[parts[1]] = value
+    return out
+
+
+def report_before_after(eval_history: list[tuple[int, Any]], run_dir: Path, rollouts_total: int) -> None:
+    """Print the held-out before/after table of a finished run and write it to `eval_summary.md`."""
+    if not eval_history:
+        return
+    before = eval_history[0][1] if eval_history[0][0] == 0 else None
+    after = eval_history[-1][1]
+    print(f"\nHeld-out evaluation ({rollouts_total} rollouts generated in training):\n"
+          f"{comparison_table(before, after)}")
+    (Path(run_dir) / "eval_summary.md").write_text(comparison_table(before, after, fmt="markdown") + "\n")
+
+
 def build_eval_sets(config) -> dict[str, list[Example]]:
     """The held-out sets a training config names (`eval.benchmarks`), as the trainer and the baselines load them.
 

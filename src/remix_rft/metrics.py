@@ -5,10 +5,28 @@ from __future__ import annotations
 import json
 import logging
 import math
+import resource
+import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 logger = logging.getLogger(__name__)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (ru_maxrss is in KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process (and peak allocated GPU memory on CUDA), in MiB."""
+    out = {"memory/peak_rss_mb": peak_rss_mb()}
+    if device.type == "cuda":
+        out["memory/peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
 
 
 def _jsonable(value: Any) -> Any:
@@ -17,6 +35,14 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return _jsonable(value.item())
     return value
+
+
+def step_summary(record: dict[str, Any], total_steps: int) -> str:
+    """One human-readable line about a training step, for the progress log."""
+    return (f"step {record['step']}/{total_steps} [{record['phase']}] reward {record['reward/mean']:.3f} "
+            f"acc {record['accuracy/train']:.3f} len {record['response_length/mean']:.0f} "
+            f"rollouts {record['rollouts/total']} ratio {record.get('ratio/mean', float('nan')):.3f} "
+            f"kl {record.get('kl/base', 0.0):.4f} {record['time/step']:.1f}s")
 
 
 class MetricsLogger:

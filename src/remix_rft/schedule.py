@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from remix_rft.algos.core import kl_convex_weight
+
+if TYPE_CHECKING:
+    from remix_rft.config import Config
 
 PHASE_MIX = "mix"
 PHASE_ON_POLICY = "on-policy"
@@ -148,3 +152,16 @@ class ReMixSchedule:
         _check_int("num_steps", num_steps, 0)
         _check_int("samples_per_prompt", samples_per_prompt, 1)
         return sum(self.plan(step).fresh_prompts for step in range(1, num_steps + 1)) * samples_per_prompt
+
+
+def build_schedule(config: Config) -> ReMixSchedule:
+    """The schedule a config asks for: ReMix's phases, or plain on-policy training when ReMix is disabled."""
+    r, prompts = config.remix, config.train.prompts_per_step
+    if not r.enabled:
+        return ReMixSchedule.on_policy(prompts)
+    return ReMixSchedule(
+        prompts_per_step=prompts, offpolicy_fraction=r.offpolicy_fraction, updates_per_batch=r.updates_per_batch,
+        reincarnate_at=r.reincarnate_at, kl_convex=r.kl_convex, kl_convex_start=r.kl_convex_start,
+        kl_convex_interval=r.kl_convex_interval, kl_convex_decrement=r.kl_convex_decrement,
+        kl_convex_floor=r.kl_convex_floor,
+    )

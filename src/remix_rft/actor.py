@@ -1,0 +1,148 @@
+"""The actor: the policy being trained, its optimizer and learning-rate schedule, and the Mix-PPG update over
+minibatches and token-budget micro-batches (METHOD.md objective)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from remix_rft import algos
+from remix_rft.batching import TokenBatch, token_logprobs
+from remix_rft.config import Config
+from remix_rft.experience import StepBatch
+from remix_rft.models import autocast_context
+from remix_rft.references import kl_term
+from remix_rft.schedule import StepPlan
+from remix_rft.updates import minibatch_rows, minibatch_step
+
+
+@dataclass
+class RatioTally:
+    """Running importance-ratio statistics over all update micro-batches of a step, for one kind of data."""
+
+    weight_sum: float = 0.0
+    weight_sq_sum: float = 0.0
+    tokens: float = 0.0
+    clipped: float = 0.0
+    max_ratio: float = 0.0
+    log_ratio_sq_sum: float = 0.0
+
+    def add(self, log_ratio: torch.Tensor, centre: torch.Tensor, mask: torch.Tensor, clip_eps: float) -> None:
+        if mask.sum() == 0:
+            return
+        ratio = torch.exp(log_ratio.clamp(-20, 20))
+        outside = ((ratio < centre - clip_eps) | (ratio > centre + clip_eps)).float()
+        self.weight_sum += float((ratio * mask).sum())
+        self.weight_sq_sum += float((ratio.square() * mask).sum())
+        self.tokens += float(mask.sum())
+        self.clipped += float((outside * mask).sum())
+        self.max_ratio = max(self.max_ratio, float((ratio * mask).max()))
+        self.log_ratio_sq_sum += float((log_ratio.square() * mask).sum())
+
+    def merged(self, other: RatioTally) -> RatioTally:
+        sums = ("weight_sum", "weight_sq_sum", "tokens", "clipped", "log_ratio_sq_sum")
+        out = RatioTally(**{name: getattr(self, name) + getattr(other, name) for name in sums})
+        out.max_ratio = max(self.max_ratio, other.max_ratio)
+        return out
+
+    def metrics(self, kind: str | None = None) -> dict[str, float]:
+        """Keys `ratio/mean`, `clip_fraction`, ... for all data, or `ratio/replay_mean`, `clip_fraction/replay`, ..."""
+        if self.tokens == 0:
+            return {}
+        ratio_prefix, suffix = (f"{kind}_", f"/{kind}") if kind else ("", "")
+        return {
+            f"ratio/{ratio_prefix}mean": self.weight_sum / self.tokens,
+            f"ratio/{ratio_prefix}max": self.max_ratio,
+            f"clip_fraction{suffix}": self.clipped / self.tokens,
+            f"ess{suffix}": self.weight_sum ** 2 / (self.tokens * self.weight_sq_sum),
+            f"kl/behaviour{suffix}": 0.5 * self.log_ratio_sq_sum / self.tokens,
+        }
+
+
+class Actor:
+    """The trained policy with AdamW and a linear-warmup lr schedule; `update` runs one step's Mix-PPG passes."""
+
+    def __init__(self, model: torch.nn.Module, config: Config):
+        self.model, self.config = model, config
+        train = config.train
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        warmup = max(train.warmup_steps, 0)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+
+    @property
+    def lr(self) -> float:
+        return self.lr_scheduler.get_last_lr()[0]
+
+    def update(self, batch: StepBatch, plan: StepPlan, step: int) -> dict[str, float]:
+        """`plan.updates_per_batch` passes of shuffled minibatch updates on the batch; returns the step's metrics."""
+        cfg, alg = self.config, self.config.algorithm
+        loss_fn = algos.get_policy_loss(alg.policy_loss)
+        norm_len = alg.loss_norm_len or cfg.rollout.max_new_tokens
+        uses_kl = alg.kl_coef > 0
+        tallies = {"fresh": RatioTally(), "replay": RatioTally()}
+        kl_losses: list[float] = []
+
+        def micro_loss(index: torch.Tensor, sub: TokenBatch) -> torch.Tensor:
+            width, mask = sub.response_ids.shape[1], sub.response_mask
+
+            def cut(x: torch.Tensor) -> torch.Tensor:
+                return x[index][:, :width]
+
+            with autocast_context(sub.input_ids.device, cfg.model.autocast_bf16):
+                logp, entropy = token_logprobs(self.model, sub, cfg.rollout.temperature,
+                                               with_entropy=alg.entropy_coef > 0)
+            logp = logp.float()
+            behaviour, proximal = cut(batch.behaviour_logp), cut(batch.proximal_logp)
+            loss, _ = loss_fn(logp, behaviour, proximal, cut(batch.advantages), mask,
+                              clip_eps=alg.clip_eps, agg=alg.loss_agg, norm_len=norm_len)
+            if uses_kl and not alg.kl_in_reward:
+                precedent = cut(batch.precedent_logp) if batch.precedent_logp is not None else None
+                kl = kl_term(logp, cut(batch.reference_logp), precedent, plan.kl_convex_weight,
+                             kind=alg.kl_estimator)
+                kl_loss = algos.agg_loss(kl, mask, alg.loss_agg, norm_len=norm_len)
+                loss = loss + alg.kl_coef * kl_loss
+                kl_losses.append(float(kl_loss.detach()))
+            if entropy is not None:
+                loss = loss - alg.entropy_coef * algos.agg_loss(entropy.float(), mask, alg.loss_agg,
+                                                                norm_len=norm_len)
+            with torch.no_grad():
+                log_ratio = logp.detach() - behaviour
+                centre = torch.exp((proximal - behaviour).clamp(-20, 20))
+                replay_rows = batch.is_replay[index][:, None].float()
+                tallies["fresh"].add(log_ratio, centre, mask * (1 - replay_rows), alg.clip_eps)
+                tallies["replay"].add(log_ratio, centre, mask * replay_rows, alg.clip_eps)
+            return loss
+
+        results = [minibatch_step(batch.tokens, rows, self.optimizer, self.model, micro_loss,
+                                  micro_batch_tokens=cfg.train.micro_batch_tokens,
+                                  max_grad_norm=cfg.train.max_grad_norm, loss_agg=alg.loss_agg, step=step,
+                                  what="policy")
+                   for epoch in range(plan.updates_per_batch)
+                   for rows in minibatch_rows(len(batch.tokens), cfg.train.minibatch_size, cfg.train.seed, step,
+                                              epoch)]
+        done = [r for r in results if r is not None]
+        if done:  # the lr clock counts steps that updated the weights
+            self.lr_scheduler.step()
+        metrics: dict[str, Any] = {
+            "loss/policy": float(np.mean([r[0] for r in done])) if done else float("nan"),
+            "grad_norm": float(np.mean([r[1] for r in done])) if done else float("nan"),
+            "optimizer_steps": len(done), "skipped_updates": len(results) - len(done),
+        }
+        if kl_losses:
+            metrics["loss/kl"] = float(np.mean(kl_losses))
+        metrics.update(tallies["fresh"].merged(tallies["replay"]).metrics())
+        metrics.update(tallies["fresh"].metrics("fresh"))
+        metrics.update(tallies["replay"].metrics("replay"))
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer and lr-schedule state (the weights are saved as a model)."""
+        return {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])

@@ -1,0 +1,62 @@
+"""Frozen log-prob providers: the base reference of the KL penalty and the lagged precedent policy of KL-Convex.
+
+Policy reincarnation (METHOD.md) swaps the base: the current policy becomes the reference.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from remix_rft import algos
+from remix_rft.batching import TokenBatch, token_logprobs
+from remix_rft.config import Config
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy in eval mode with no gradients."""
+    clone = copy.deepcopy(model)
+    clone.eval()
+    clone.requires_grad_(False)
+    return clone
+
+
+def kl_term(logp: torch.Tensor, reference_logp: torch.Tensor, precedent_logp: torch.Tensor | None,
+            weight: float, kind: str) -> torch.Tensor:
+    """Per-token KL-Convex penalty; plain KL to the reference when the precedent term has no weight."""
+    if precedent_logp is None or weight >= 1.0:
+        return algos.kl_penalty(logp, reference_logp, kind)
+    return algos.kl_convex(logp, reference_logp, precedent_logp, weight, kind=kind)
+
+
+class FrozenReferences:
+    """The base reference (when the KL coefficient is > 0) and the lagged precedent pi_{k-1} (KL-Convex with
+    `remix.precedent=lagged`); either is None when the config does not need it."""
+
+    def __init__(self, policy: torch.nn.Module, config: Config):
+        self.uses_kl = config.algorithm.kl_coef > 0
+        remix = config.remix
+        needs_lagged = self.uses_kl and remix.enabled and remix.kl_convex and remix.precedent == "lagged"
+        self.reference = frozen_copy(policy) if self.uses_kl else None
+        self.lagged = frozen_copy(policy) if needs_lagged else None
+
+    def reference_logprobs(self, tokens: TokenBatch, temperature: float, max_tokens: int | None) -> torch.Tensor:
+        return token_logprobs(self.reference, tokens, temperature, max_tokens=max_tokens)[0].float()
+
+    def precedent_logprobs(self, tokens: TokenBatch, temperature: float, max_tokens: int | None,
+                           proximal_logp: torch.Tensor) -> torch.Tensor:
+        """pi_{k-1}'s log-probs; with `remix.precedent=proximal` pi_k's log-probs stand in for them."""
+        if self.lagged is None:
+            return proximal_logp
+        return token_logprobs(self.lagged, tokens, temperature, max_tokens=max_tokens)[0].float()
+
+    def advance_precedent(self, policy: torch.nn.Module) -> None:
+        """The lagged policy now holds pi_k, the precedent of the next step."""
+        if self.lagged is not None:
+            self.lagged.load_state_dict(policy.state_dict())
+
+    def reincarnate(self, policy: torch.nn.Module) -> None:
+        """Policy reincarnation: the current policy becomes the KL base."""
+        if self.reference is not None:
+            self.reference.load_state_dict(policy.state_dict())
