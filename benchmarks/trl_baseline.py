@@ -68,7 +68,7 @@ import torch
 import yaml
 
 from remix_rft.config import Config, ConfigError, load_config
-from remix_rft.data import format_prompt, load_examples
+from remix_rft.data import format_prompt, load_train_examples
 from remix_rft.data.types import Example
 from remix_rft.evaluation import EvalReport, build_eval_sets, evaluate
 from remix_rft.metrics import MetricsLogger
@@ -162,20 +162,6 @@ def baseline_config(config: Config) -> Config:
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def train_options(config: Config) -> dict[str, Any]:
-    """`load_examples` options for the training set, as our trainer builds them."""
-    options = dict(config.data.train_options)
-    if config.data.train == "arithmetic":
-        options.setdefault("split", "train")
-    return options
-
-
-def load_train_examples(config: Config) -> list[Example]:
-    d = config.data
-    return load_examples(d.train, data_dir=d.data_dir, limit=d.limit, problem_key=d.problem_key,
-                         answer_key=d.answer_key, seed=config.train.seed, **train_options(config))
-
-
 def answer_text(example: Example) -> str:
     return str(example.answer)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from remix_rft.errors import DataNotFoundError, UsageError
 from remix_rft.evaluation import (
     AVERAGE_ROW,
     EvalRecord,
@@ -381,11 +382,12 @@ def test_eval_command_other_sources_and_greedy_default(tmp_path: Path, capsys: p
     assert len((out / "samples.jsonl").read_text().splitlines()) == 2 + 2
 
 
-def test_eval_command_reports_bad_arguments(capsys: pytest.CaptureFixture) -> None:
-    assert eval_command(parse(["--model", "tiny-random", "--samples", "0"])) == 2
-    assert "--samples must be >= 1" in capsys.readouterr().err
-    assert eval_command(parse(["--model", "tiny-random", "--benchmarks", "/no/such/file.jsonl"])) == 1
-    assert "/no/such/file.jsonl" in capsys.readouterr().err
+def test_eval_command_reports_bad_arguments() -> None:
+    # input errors are UserErrors: `remix-rft eval` prints them as one line and exits 2 (tests/test_cli.py)
+    with pytest.raises(UsageError, match="--samples must be >= 1"):
+        eval_command(parse(["--model", "tiny-random", "--samples", "0"]))
+    with pytest.raises(DataNotFoundError, match="/no/such/file.jsonl"):
+        eval_command(parse(["--model", "tiny-random", "--benchmarks", "/no/such/file.jsonl"]))
     with pytest.raises(SystemExit):
         parse(["--greedy", "--samples", "4"])
 
@@ -457,7 +459,7 @@ def test_eval_command_accepts_a_training_run_dir(tmp_path: Path, tokenizer) -> N
     assert results["benchmarks"]["arithmetic"]["problems"] == 2
 
 
-def test_eval_command_rejects_a_bad_sampling_setting(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_eval_command_rejects_a_bad_sampling_setting(tmp_path: Path) -> None:
     args = parse(
         [
             "--model",
@@ -476,6 +478,6 @@ def test_eval_command_rejects_a_bad_sampling_setting(tmp_path: Path, capsys: pyt
             str(tmp_path / "eval"),
         ]
     )
-    assert eval_command(args) == 2
-    assert "temperature" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="temperature"):  # before the model loads
+        eval_command(args)
     assert not (tmp_path / "eval").exists()

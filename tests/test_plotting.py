@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from remix_rft.cli import main
 from remix_rft.plotting import add_plot_arguments, load_run, plot_command, plot_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -192,7 +193,9 @@ def test_plot_command_default_out_and_labels(tmp_path: Path, capsys: pytest.Capt
 
 def test_plot_command_errors_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = write_run(tmp_path / "run1")
-    assert plot_command(parse([str(run), "--labels", "a,b"])) == 1
-    assert "2 labels for 1 run" in capsys.readouterr().err
-    assert plot_command(parse([str(tmp_path / "nope")])) == 1
-    assert "nope" in capsys.readouterr().err
+    # input errors: one line and exit status 2 through the command line
+    assert main(["plot", str(run), "--labels", "a,b"]) == 2
+    assert "remix-rft plot: error: got 2 labels for 1 run" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "Traceback" not in err

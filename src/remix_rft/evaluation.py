@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from remix_rft.data import BENCHMARKS, DEFAULT_INSTRUCTION, Example, format_prompt, load_examples
+from remix_rft.errors import DataError, PathNotFoundError, UsageError
 from remix_rft.rewards.base import RewardFunction, Score
 from remix_rft.rollout.base import Rollout, RolloutEngine, SamplingParams
 
@@ -508,39 +509,32 @@ def eval_command(args: argparse.Namespace) -> int:
         ("--samples", samples, 1),
         ("--max-new-tokens", args.max_new_tokens, 1),
         ("--batch-size", args.batch_size, 1),
+        ("--limit", 1 if args.limit is None else args.limit, 1),
     ):
         if value < low:
-            print(f"error: {name} must be >= {low}, got {value}", file=sys.stderr)
-            return 2
-    if args.limit is not None and args.limit < 1:
-        print(f"error: --limit must be >= 1, got {args.limit}", file=sys.stderr)
-        return 2
+            raise UsageError(f"{name} must be >= {low}, got {value}")
+    if args.samples is not None and args.temperature <= 0:
+        raise UsageError(f"--temperature must be > 0 when sampling (--samples), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
     names = [name.strip() for name in args.benchmarks.split(",") if name.strip()]
     if not names:
-        print("error: --benchmarks is empty", file=sys.stderr)
-        return 2
+        raise UsageError("--benchmarks is empty: give comma-separated names, e.g. --benchmarks math500,minerva")
     data_dir = args.data_dir or os.environ.get("REMIX_DATA_DIR")
-    try:
-        benchmarks = load_benchmarks(names, data_dir, args.limit)
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-
+    if data_dir is not None and not Path(data_dir).is_dir():
+        source = "--data-dir" if args.data_dir else "$REMIX_DATA_DIR"
+        raise PathNotFoundError(f"{source} {data_dir}: no such directory")
+    benchmarks = load_benchmarks(names, data_dir, args.limit)
     empty = [name for name, examples in benchmarks.items() if not examples]
     if empty:
-        print(f"error: no problems loaded for {', '.join(empty)}", file=sys.stderr)
-        return 1
+        raise DataError(f"no problems loaded for {', '.join(empty)} (rows need a problem and an answer field)")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     torch.manual_seed(args.seed)
     model_path = resolve_model_argument(str(args.model))
     if model_path != str(args.model):
         print(f"[eval] {args.model}: evaluating the policy in {model_path}", file=sys.stderr)
-    try:
-        tokenizer = load_tokenizer(model_path)
-        model = load_model(model_path, dtype=args.dtype, device=device)
-    except OSError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    tokenizer = load_tokenizer(model_path)
+    model = load_model(model_path, dtype=args.dtype, device=device)
     engine = HFRolloutEngine(model, tokenizer, max_batch_size=args.batch_size)
     greedy = args.samples is None  # --samples K (even K = 1) asks for sampling at --temperature / --top-p
     sampling = SamplingParams(
@@ -562,9 +556,6 @@ def eval_command(args: argparse.Namespace) -> int:
             instruction=args.instruction,
             system_prompt=args.system_prompt,
         )
-    except ValueError as error:  # e.g. a sampling setting the engine rejects
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     finally:
         close = getattr(reward, "close", None)  # the math reward owns verifier worker processes
         if close is not None:
@@ -640,6 +631,9 @@ def build_eval_sets(config) -> dict[str, list[Example]]:
             options["split"] = "test"
             options["size"] = config.eval.limit or 200  # the training set's size says nothing of the test set
         options.update(config.eval.options.get(name, {}))
-        sets[name] = load_examples(name, data_dir=config.data.data_dir, limit=config.eval.limit,
-                                   seed=config.train.seed, **options)
+        try:
+            sets[name] = load_examples(name, data_dir=config.data.data_dir, limit=config.eval.limit,
+                                       seed=config.train.seed, **options)
+        except DataError as error:  # name the config key: the benchmark may not be what the user typed last
+            raise type(error)(f"config key 'eval.benchmarks' ({name!r}): {error}") from None
     return sets

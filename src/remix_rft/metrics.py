@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from remix_rft.errors import DataError, DataNotFoundError
+
 logger = logging.getLogger(__name__)
 
 
@@ -101,7 +103,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such metrics file (is this a `remix-rft train` run directory?)")
+        raise DataNotFoundError(f"{path}: no such metrics file (is this a `remix-rft train` run directory?)")
     records = []
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -110,11 +112,11 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from None
+                raise DataError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {line_number}: expected a JSON object, got {type(row).__name__}")
+                raise DataError(f"{path}, line {line_number}: expected a JSON object, got {type(row).__name__}")
             if "type" not in row:
-                raise ValueError(f'{path}, line {line_number}: missing the "type" key')
+                raise DataError(f'{path}, line {line_number}: missing the "type" key')
             records.append(row)
     return records
 

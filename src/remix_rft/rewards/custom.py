@@ -16,43 +16,58 @@ from pathlib import Path
 from typing import Any
 
 from remix_rft.data.types import Example
+from remix_rft.errors import ConfigError, UserError
 from remix_rft.rewards.base import Score
 from remix_rft.rewards.verifier import STATUS_ERROR, STATUS_OK
 
 logger = logging.getLogger(__name__)
 
 
+# A custom reward path that names nothing usable is the user's input (reward.custom / reward.name): each error keeps
+# the built-in type callers catch.
+class CustomRewardImportError(UserError, ImportError):
+    """The module or file of a custom reward path cannot be found."""
+
+
+class CustomRewardAttributeError(UserError, AttributeError):
+    """The module has no such attribute."""
+
+
+class CustomRewardTypeError(UserError, TypeError):
+    """The attribute is not callable."""
+
+
 def load_callable(path: str) -> Callable[..., Any]:
     """Import `package.module:attribute` (dotted attributes allowed) or `file.py:attribute`."""
     module_name, separator, attribute = path.rpartition(":")
     if not separator or not module_name or not attribute:
-        raise ValueError(f"custom reward {path!r}: expected 'package.module:function' or 'file.py:function'")
+        raise ConfigError(f"custom reward {path!r}: expected 'package.module:function' or 'file.py:function'")
     if module_name.endswith(".py"):
         module = _import_file(Path(module_name), path)
     else:
         try:
             module = importlib.import_module(module_name)
         except ImportError as error:
-            raise ImportError(
-                f"custom reward {path!r}: cannot import module {module_name!r} ({error})"
+            raise CustomRewardImportError(
+                f"custom reward {path!r}: cannot import module {module_name!r} ({error}); is it on PYTHONPATH?"
             ) from error
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
-            raise AttributeError(f"custom reward {path!r}: {module_name!r} has no attribute {attribute!r}")
+            raise CustomRewardAttributeError(f"custom reward {path!r}: {module_name!r} has no attribute {attribute!r}")
         target = getattr(target, part)
     if not callable(target):
-        raise TypeError(f"custom reward {path!r}: {attribute!r} is a {type(target).__name__}, not a function")
+        raise CustomRewardTypeError(f"custom reward {path!r}: {attribute!r} is a {type(target).__name__}, not a function")
     return target
 
 
 def _import_file(file: Path, path: str) -> Any:
     if not file.is_file():
-        raise ImportError(f"custom reward {path!r}: file {str(file)!r} not found")
+        raise CustomRewardImportError(f"custom reward {path!r}: file {str(file)!r} not found")
     module_name = f"remix_rft_custom_reward_{file.stem}"
     spec = importlib.util.spec_from_file_location(module_name, file)
     if spec is None or spec.loader is None:
-        raise ImportError(f"custom reward {path!r}: cannot load {str(file)!r} as a module")
+        raise CustomRewardImportError(f"custom reward {path!r}: cannot load {str(file)!r} as a module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)

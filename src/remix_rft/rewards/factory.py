@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from remix_rft.errors import ConfigError
 from remix_rft.rewards.base import RewardFunction, Score
 from remix_rft.rewards.combined import CombinedReward
 from remix_rft.rewards.custom import CustomReward
@@ -47,10 +48,10 @@ def build_reward(
     elif name == "custom" or ":" in name:
         path = custom if name == "custom" else name
         if not path:
-            raise ValueError("reward 'custom' needs custom='package.module:function'")
+            raise ConfigError("reward 'custom' needs custom='package.module:function' (reward.custom)")
         primary = CustomReward(path)
     else:
-        raise ValueError(
+        raise ConfigError(
             f"unknown reward {name!r}: choose one of {', '.join(REWARD_NAMES)} "
             "or give 'package.module:function'"
         )
