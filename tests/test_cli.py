@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -203,7 +204,7 @@ def test_train_help_lists_the_common_overrides_and_each_example_works(capsys):
     assert "common overrides" in text
     for example, _meaning in COMMON_OVERRIDES:
         assert example in text
-        load_config("quickstart", [example])  # every example is a valid override of the default config
+        load_config("quickstart", shlex.split(example))  # each example works on the default config, as typed
 
 
 @pytest.mark.parametrize("command", ["eval", "plot"])

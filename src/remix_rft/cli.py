@@ -14,33 +14,30 @@ from remix_rft.errors import PathNotFoundError, UserError, one_line
 # The overrides a newcomer reaches for first, one working example each (tests load every example against the
 # default config). `remix-rft train --print-config` shows every key; README.md's config reference explains them.
 COMMON_OVERRIDES: tuple[tuple[str, str], ...] = (
-    ("model.name=HuggingFaceTB/SmolLM2-360M-Instruct", "policy: embedded smollm2-135m-instruct (default), a local "
-     "HF folder, a cached hub name, tiny-random"),
+    ("model.name=HuggingFaceTB/SmolLM2-360M-Instruct", "a local HF folder, a cached hub name, tiny-random"),
     ("model.device=cuda", "auto (default), cpu, cuda, cuda:N"),
-    ("model.dtype=bfloat16", "weights dtype: float32 (default) or bfloat16"),
-    ("data.train=gsm8k", "prompts: arithmetic, gsm8k, math, aimemath, a .jsonl/.json/.parquet file, "
-     "hf:NAME[:SPLIT]"),
-    ("data.train_options={digits: [1, 3], size: 5000}", "arithmetic generator options (dropped when data.train "
-     "switches to another source)"),
-    ("data.problem_key=question", "field holding the problem in your file (answer_key likewise)"),
-    ("data.limit=500", "use only the first N training examples"),
+    ("model.dtype=bfloat16", "weights dtype (default float32)"),
+    ("data.train=my.jsonl", "prompts: a .jsonl/.json/.parquet file, gsm8k, math, hf:NAME"),
+    ("'data.train_options={digits: [1, 3], size: 5000}'", "arithmetic options (dropped when data.train changes)"),
+    ("data.problem_key=question", "your file's problem field (answer_key likewise)"),
+    ("data.limit=500", "use the first N training examples"),
     ("train.steps=100", "training steps"),
     ("train.prompts_per_step=16", "B, prompts per step"),
     ("train.samples_per_prompt=8", "G, responses per prompt"),
-    ("train.minibatch_size=32", "responses per optimizer step; must divide B x G"),
+    ("train.minibatch_size=32", "responses per optimizer step; divides B x G"),
     ("train.lr=1e-6", "policy learning rate"),
     ("algorithm.name=ppo", "grpo or ppo (with a critic)"),
-    ("algorithm.kl_coef=0", "weight of the KL(-Convex) penalty; 0 turns it off"),
+    ("algorithm.kl_coef=0", "KL(-Convex) penalty weight; 0 turns it off"),
     ("remix.enabled=false", "plain on-policy GRPO/PPO"),
-    ("remix.offpolicy_fraction=0.5", "p, share of each step's prompts replayed from past policies"),
+    ("remix.offpolicy_fraction=0.5", "p, share of prompts replayed from past policies"),
     ("remix.updates_per_batch=4", "m, update passes over each mixed batch"),
-    ("remix.reincarnate_at=null", "T, step of the switch back to on-policy (null: never)"),
+    ("remix.reincarnate_at=null", "T, last off-policy step (null: never switch back)"),
     ("rollout.max_new_tokens=1024", "response length cap"),
-    ("eval.benchmarks=[math500,minerva]", "held-out sets evaluated before/after training ([] for none)"),
+    ("eval.benchmarks=math500,minerva", "held-out sets, before/after training ('[]': none)"),
     ("eval.limit=50", "problems per held-out set"),
     ("eval.every=10", "also evaluate every N steps"),
-    ("checkpoint.every=10", "save a checkpoint every N steps (always at the end)"),
-    ("logging.run_name=my-run", "run directory name under logging.output_dir (default runs/)"),
+    ("checkpoint.every=10", "save every N steps (always at the end)"),
+    ("logging.run_name=my-run", "run folder under logging.output_dir (runs/)"),
     ("logging.wandb=true", "also log to Weights & Biases"),
 )
 
@@ -55,7 +52,7 @@ examples:
   remix-rft train                                   # short ReMix-GRPO run on the embedded SmolLM2-135M
   remix-rft train --config grpo train.steps=50      # a built-in config with overrides
   remix-rft train --config my.yaml remix.offpolicy_fraction=0.5 rollout.max_new_tokens=512
-  remix-rft train data.train=my.jsonl eval.benchmarks=[]   # your own prompts (JSON lines with problem/answer)
+  remix-rft train data.train=my.jsonl 'eval.benchmarks=[]'   # your prompts: {{"problem": ..., "answer": ...}} lines
   remix-rft train --resume runs/remix-grpo-20260101-120000 train.steps=100
   remix-rft train --print-config algorithm.name=ppo # show the resolved config (every key) and exit
 
@@ -158,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     from remix_rft.evaluation import add_eval_arguments, eval_command
     from remix_rft.plotting import add_plot_arguments, plot_command
 
-    parser = argparse.ArgumentParser(prog="remix-rft", description=__doc__)
+    parser = argparse.ArgumentParser(prog="remix-rft", description=__doc__,
+                                     epilog="'remix-rft COMMAND --help' shows the command's options and examples")
     parser.add_argument("--debug", action="store_true", help="show the traceback of input errors too")
     # on each subcommand as well (`remix-rft train --debug ...`); SUPPRESS keeps it from resetting the top-level flag
     common = argparse.ArgumentParser(add_help=False)
