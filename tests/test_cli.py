@@ -106,6 +106,8 @@ def test_config_mistakes_are_one_line(capsys, user_files):
     _fails_cleanly(capsys, ["train", "steps"], "'steps'", "key.sub=value")
     _fails_cleanly(capsys, ["train", "algorithm.policy_loss=nope"], "algorithm.policy_loss", "registered")
     _fails_cleanly(capsys, ["train", "reward.name=nope"], "reward.name")
+    _fails_cleanly(capsys, ["train", "reward.timeout=0"], "reward.timeout", "must be > 0")
+    _fails_cleanly(capsys, ["train", "data.limit=0"], "data.limit")
 
 
 @pytest.mark.parametrize(("data_file", "expected"), [

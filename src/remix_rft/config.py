@@ -22,9 +22,6 @@ import yaml
 from remix_rft.data.prompts import DEFAULT_INSTRUCTION
 from remix_rft.errors import ConfigError, DataError
 
-__all__ = ["Config", "ConfigError", "apply_overrides", "config_from_dict", "deep_merge", "load_config",
-           "load_yaml", "parse_override"]
-
 logger = logging.getLogger(__name__)
 
 
@@ -224,6 +221,16 @@ class Config:
         _check(ro.behaviour_logprobs in ("recompute", "engine"), "rollout.behaviour_logprobs",
                "must be recompute or engine")
         _check(self.model.dtype in ("float32", "bfloat16"), "model.dtype", f"must be float32 or bfloat16, got {self.model.dtype!r}")
+        _check(ro.top_k >= 0, "rollout.top_k", f"must be >= 0 (0 turns it off), got {ro.top_k}")
+        _check(ro.max_batch_size >= 1, "rollout.max_batch_size", f"must be >= 1, got {ro.max_batch_size}")
+        _check(t.critic_lr > 0, "train.critic_lr", f"must be > 0, got {t.critic_lr}")
+        _check(self.data.limit is None or self.data.limit >= 1, "data.limit", f"must be >= 1 or null, got {self.data.limit}")
+        rw = self.reward
+        _check(rw.timeout > 0, "reward.timeout", f"must be > 0 seconds, got {rw.timeout}")
+        _check(rw.num_workers >= 1, "reward.num_workers", f"must be >= 1, got {rw.num_workers}")
+        _check(rw.format_weight >= 0, "reward.format_weight", f"must be >= 0, got {rw.format_weight}")
+        _check(self.eval.limit is None or self.eval.limit >= 1, "eval.limit", f"must be >= 1 or null, got {self.eval.limit}")
+        _check(self.eval.temperature > 0, "eval.temperature", f"must be > 0, got {self.eval.temperature}")
         _check(self.eval.samples >= 1, "eval.samples", "must be >= 1")
         _check(self.eval.every >= 0, "eval.every", "must be >= 0")
         _check(self.checkpoint.every >= 0 and self.checkpoint.keep >= 1, "checkpoint", "every >= 0 and keep >= 1")

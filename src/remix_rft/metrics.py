@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from remix_rft.errors import DataError, DataNotFoundError
+from remix_rft.errors import DataError, DataNotFoundError, MissingPackageError
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,10 @@ class MetricsLogger:
         if wandb_project:
             try:
                 import wandb
-            except ImportError as err:
-                raise RuntimeError("logging.wandb=true needs `pip install wandb`") from err
+            except ImportError:
+                self._file.close()
+                raise MissingPackageError("logging.wandb=true needs the wandb package: pip install wandb "
+                                          "(or set logging.wandb=false)") from None
             self._wandb = wandb.init(project=wandb_project, name=run_name, config=config, dir=str(run_dir),
                                      resume="allow" if resume else None, id=run_name if resume else None)
 
