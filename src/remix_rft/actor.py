@@ -12,11 +12,12 @@ import torch
 from remix_rft import algos
 from remix_rft.batching import TokenBatch, token_logprobs
 from remix_rft.config import Config
+from remix_rft.distributed import Distributed
 from remix_rft.experience import StepBatch
 from remix_rft.models import autocast_context
 from remix_rft.references import kl_term
 from remix_rft.schedule import StepPlan
-from remix_rft.updates import minibatch_rows, minibatch_step
+from remix_rft.updates import SINGLE_PROCESS, local_minibatch_rows, minibatch_step
 
 
 @dataclass
@@ -42,9 +43,19 @@ class RatioTally:
         self.max_ratio = max(self.max_ratio, float((ratio * mask).max()))
         self.log_ratio_sq_sum += float((log_ratio.square() * mask).sum())
 
+    SUMS = ("weight_sum", "weight_sq_sum", "tokens", "clipped", "log_ratio_sq_sum")
+
+    def reduced(self, dist: Distributed) -> RatioTally:
+        """The tally over all ranks."""
+        if not dist.active:
+            return self
+        sums = dist.all_reduce([getattr(self, name) for name in self.SUMS])
+        out = RatioTally(**dict(zip(self.SUMS, sums)))
+        out.max_ratio = dist.all_reduce([self.max_ratio], op="max")[0]
+        return out
+
     def merged(self, other: RatioTally) -> RatioTally:
-        sums = ("weight_sum", "weight_sq_sum", "tokens", "clipped", "log_ratio_sq_sum")
-        out = RatioTally(**{name: getattr(self, name) + getattr(other, name) for name in sums})
+        out = RatioTally(**{name: getattr(self, name) + getattr(other, name) for name in self.SUMS})
         out.max_ratio = max(self.max_ratio, other.max_ratio)
         return out
 
@@ -65,8 +76,8 @@ class RatioTally:
 class Actor:
     """The trained policy with AdamW and a linear-warmup lr schedule; `update` runs one step's Mix-PPG passes."""
 
-    def __init__(self, model: torch.nn.Module, config: Config):
-        self.model, self.config = model, config
+    def __init__(self, model: torch.nn.Module, config: Config, dist: Distributed = SINGLE_PROCESS):
+        self.model, self.config, self.dist = model, config, dist
         train = config.train
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
         warmup = max(train.warmup_steps, 0)
@@ -86,7 +97,7 @@ class Actor:
         tallies = {"fresh": RatioTally(), "replay": RatioTally()}
         kl_losses: list[float] = []
 
-        def micro_loss(index: torch.Tensor, sub: TokenBatch) -> torch.Tensor:
+        def micro_loss(index: torch.Tensor, sub: TokenBatch, record: bool) -> torch.Tensor:
             width, mask = sub.response_ids.shape[1], sub.response_mask
 
             def cut(x: torch.Tensor) -> torch.Tensor:
@@ -105,10 +116,13 @@ class Actor:
                              kind=alg.kl_estimator)
                 kl_loss = algos.agg_loss(kl, mask, alg.loss_agg, norm_len=norm_len)
                 loss = loss + alg.kl_coef * kl_loss
-                kl_losses.append(float(kl_loss.detach()))
+                if record:
+                    kl_losses.append(float(kl_loss.detach()))
             if entropy is not None:
                 loss = loss - alg.entropy_coef * algos.agg_loss(entropy.float(), mask, alg.loss_agg,
                                                                 norm_len=norm_len)
+            if not record:
+                return loss
             with torch.no_grad():
                 log_ratio = logp.detach() - behaviour
                 centre = torch.exp((proximal - behaviour).clamp(-20, 20))
@@ -120,10 +134,10 @@ class Actor:
         results = [minibatch_step(batch.tokens, rows, self.optimizer, self.model, micro_loss,
                                   micro_batch_tokens=cfg.train.micro_batch_tokens,
                                   max_grad_norm=cfg.train.max_grad_norm, loss_agg=alg.loss_agg, step=step,
-                                  what="policy")
+                                  what="policy", dist=self.dist)
                    for epoch in range(plan.updates_per_batch)
-                   for rows in minibatch_rows(len(batch.tokens), cfg.train.minibatch_size, cfg.train.seed, step,
-                                              epoch)]
+                   for rows in local_minibatch_rows(len(batch.tokens), cfg.train.minibatch_size, cfg.train.seed,
+                                                    step, epoch, self.dist)]
         done = [r for r in results if r is not None]
         if done:  # the lr clock counts steps that updated the weights
             self.lr_scheduler.step()
@@ -132,7 +146,12 @@ class Actor:
             "grad_norm": float(np.mean([r[1] for r in done])) if done else float("nan"),
             "optimizer_steps": len(done), "skipped_updates": len(results) - len(done),
         }
-        if kl_losses:
+        if self.dist.active:
+            kl_sum, kl_count = self.dist.all_reduce([float(np.sum(kl_losses)), float(len(kl_losses))])
+            if kl_count:
+                metrics["loss/kl"] = kl_sum / kl_count
+            tallies = {kind: tally.reduced(self.dist) for kind, tally in tallies.items()}
+        elif kl_losses:
             metrics["loss/kl"] = float(np.mean(kl_losses))
         metrics.update(tallies["fresh"].merged(tallies["replay"]).metrics())
         metrics.update(tallies["fresh"].metrics("fresh"))

@@ -5,6 +5,11 @@ Layout: <run_dir>/checkpoints/step_000010/ written first as a temp dir and renam
 mid-save leaves the previous checkpoint usable. A checkpoint holds the policy (a Hugging Face model with its
 tokenizer), the reference (after reincarnation), the lagged precedent, the critic, the optimizers, the replay
 buffer, the prompt sampler's position, the counters and every RNG.
+
+Under torchrun (N ranks) the models and optimizers are written sharded with torch.distributed.checkpoint into
+`sharded/` (all ranks write into the same directory: a file system shared by the nodes), each rank's own state
+(replay buffer, RNG, lr schedule) into `rank_<r>.pt`, and rank 0 exports the full policy as a Hugging Face
+model under `policy/`. Such a checkpoint resumes with N ranks.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from remix_rft.distributed import Distributed
+from remix_rft.errors import UsageError
 from remix_rft.models import ValueModel, load_model
 
 if TYPE_CHECKING:
@@ -49,16 +56,26 @@ def checkpoint_root(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], keep: int = 2) -> Path:
-    """Call `write(tmp_dir)` to fill a temp dir, then publish it as step_<step> and prune old ones."""
+def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], keep: int = 2,
+                    dist: Distributed | None = None) -> Path:
+    """Call `write(tmp_dir)` to fill a temp dir, then publish it as step_<step> and prune old ones.
+
+    With several ranks every rank writes into rank 0's temp dir; rank 0 publishes it once all are done."""
+    dist = dist or Distributed()
     root = checkpoint_root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
-    tmp = root / f".tmp_step_{step:06d}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = root / f".tmp_step_{step:06d}_{dist.broadcast_object(os.getpid())}"
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    dist.barrier()
     write(tmp)
+    dist.barrier()
+    if not dist.is_main:
+        dist.barrier()
+        return final
     if final.exists():  # re-saving the same step (e.g. final save right after a periodic one)
         old = root / f".old_step_{step:06d}_{os.getpid()}"
         final.rename(old)
@@ -71,6 +88,7 @@ def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], kee
     os.replace(pointer_tmp, root / "latest")
     for stale in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
+    dist.barrier()
     return final
 
 
@@ -104,6 +122,7 @@ class TrainingState:
     buffer: ReplayBuffer
     prompts: TrainingPrompts
     tokenizer: Any
+    dist: Distributed = field(default_factory=Distributed)
 
 
 def rng_state() -> dict[str, Any]:
@@ -121,6 +140,8 @@ def restore_rng_state(rng: dict[str, Any]) -> None:
 
 def write_training_state(directory: Path, training: TrainingState, phase: str) -> None:
     """Fill a (temp) checkpoint directory with the whole training state."""
+    if training.dist.active:
+        return _write_sharded(directory, training, phase)
     state, references = training.state, training.references
     training.actor.model.save_pretrained(directory / "policy", safe_serialization=True)
     training.tokenizer.save_pretrained(directory / "policy")
@@ -138,13 +159,27 @@ def write_training_state(directory: Path, training: TrainingState, phase: str) -
                 "reincarnated": state.reincarnated}
     torch.save({**counters, "sampler": training.prompts.state_dict(), "rng": rng_state()},
                directory / "trainer_state.pt")
-    (directory / "trainer_state.json").write_text(json.dumps({**counters, "phase": phase}, indent=2))
+    (directory / "trainer_state.json").write_text(json.dumps({**counters, "phase": phase, "world_size": 1}, indent=2))
+
+
+def check_world_size(directory: Path, world_size: int) -> None:
+    """A checkpoint resumes with the number of ranks that wrote it (1: a plain process)."""
+    info = json.loads((Path(directory) / "trainer_state.json").read_text())
+    written_by = int(info.get("world_size", 1))
+    if written_by != world_size:
+        how = "a plain `remix-rft train --resume`" if written_by == 1 else \
+            f"torchrun with {written_by} processes in all (--nnodes x --nproc-per-node)"
+        raise UsageError(f"{directory} was written by {written_by} ranks and this run has {world_size}: resume it "
+                         f"with {how}")
 
 
 def read_training_state(directory: Path, training: TrainingState, dtype: str) -> TrainState:
     """Load a checkpoint into the components of `training` (built from the run's config); returns the counters."""
     directory = Path(directory)
     logger.info("resuming from %s", directory)
+    check_world_size(directory, training.dist.world_size)
+    if training.dist.active:
+        return _read_sharded(directory, training)
     references = training.references
     training.actor.model.load_state_dict(load_model(str(directory / "policy"), dtype=dtype).state_dict())
     trainer_state = torch.load(directory / "trainer_state.pt", weights_only=False)
@@ -163,3 +198,69 @@ def read_training_state(directory: Path, training: TrainingState, dtype: str) ->
     restore_rng_state(trainer_state["rng"])
     return TrainState(step=trainer_state["step"], rollouts_total=trainer_state["rollouts_total"],
                       tokens_total=trainer_state["tokens_total"], reincarnated=trainer_state["reincarnated"])
+
+
+def _sharded_models(training: TrainingState) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]]:
+    models = {"policy": (training.actor.model, training.actor.optimizer)}
+    references = training.references
+    if references.reference is not None and training.state.reincarnated:
+        models["reference"] = (references.reference, None)
+    if references.lagged is not None:
+        models["precedent"] = (references.lagged, None)
+    if training.critic is not None:
+        models["critic"] = (training.critic.model, training.critic.optimizer)
+    return models
+
+
+def _sharded_state(training: TrainingState) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    out: dict[str, Any] = {}
+    for name, (model, optimizer) in _sharded_models(training).items():
+        out[name] = get_model_state_dict(model)
+        if optimizer is not None:
+            out[f"{name}_optimizer"] = get_optimizer_state_dict(model, optimizer)
+    return out
+
+
+def _rank_state(training: TrainingState) -> dict[str, Any]:
+    state = training.state
+    return {"step": state.step, "rollouts_total": state.rollouts_total, "tokens_total": state.tokens_total,
+            "reincarnated": state.reincarnated}
+
+
+def _write_sharded(directory: Path, training: TrainingState, phase: str) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    dist, policy = training.dist, training.actor.model
+    dcp.save(_sharded_state(training), checkpoint_id=directory / "sharded")
+    full = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.is_main:  # a Hugging Face export of the full policy, loadable by any tool
+        policy.save_pretrained(directory / "policy", state_dict=full, safe_serialization=True)
+        training.tokenizer.save_pretrained(directory / "policy")
+        (directory / "trainer_state.json").write_text(json.dumps(
+            {**_rank_state(training), "phase": phase, "world_size": dist.world_size}, indent=2))
+    torch.save({**_rank_state(training), "sampler": training.prompts.state_dict(), "rng": rng_state(),
+                "lr_scheduler": training.actor.lr_scheduler.state_dict(), "buffer": training.buffer.state_dict()},
+               directory / f"rank_{dist.rank:05d}.pt")
+
+
+def _read_sharded(directory: Path, training: TrainingState) -> TrainState:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    own = torch.load(directory / f"rank_{training.dist.rank:05d}.pt", weights_only=False)
+    training.state.reincarnated = own["reincarnated"]  # decides whether the checkpoint holds a reference
+    state = _sharded_state(training)
+    dcp.load(state, checkpoint_id=directory / "sharded")
+    for name, (model, optimizer) in _sharded_models(training).items():
+        set_model_state_dict(model, state[name])
+        if optimizer is not None:
+            set_optimizer_state_dict(model, optimizer, state[f"{name}_optimizer"])
+    training.actor.lr_scheduler.load_state_dict(own["lr_scheduler"])
+    training.buffer.load_state_dict(own["buffer"])
+    training.prompts.load_state_dict(own["sampler"])
+    restore_rng_state(own["rng"])
+    return TrainState(step=own["step"], rollouts_total=own["rollouts_total"], tokens_total=own["tokens_total"],
+                      reincarnated=own["reincarnated"])

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from remix_rft.data.prompts import DEFAULT_INSTRUCTION
-from remix_rft.errors import ConfigError, DataError
+from remix_rft.errors import ConfigError, DataError, PathNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -444,6 +444,14 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping (key: value lines) at the top level")
     return data
+
+
+def config_for_resume(run_dir: Path) -> dict[str, Any]:
+    """The resolved config a run was started with, as a dict (overrides are merged on top by the CLI)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise PathNotFoundError(f"{path} not found: is {run_dir} a remix-rft run directory?")
+    return load_yaml(path)
 
 
 def load_config(config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

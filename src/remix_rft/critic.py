@@ -10,10 +10,11 @@ import torch
 from remix_rft import algos
 from remix_rft.batching import TokenBatch, token_values
 from remix_rft.config import Config
+from remix_rft.distributed import Distributed
 from remix_rft.experience import StepBatch
 from remix_rft.models import ValueModel, autocast_context
 from remix_rft.schedule import StepPlan
-from remix_rft.updates import minibatch_rows, minibatch_step
+from remix_rft.updates import SINGLE_PROCESS, local_minibatch_rows, minibatch_step
 
 # the critic's minibatch shuffles are offset from the policy's pass numbers: different, still a function of (seed, step)
 CRITIC_SHUFFLE_OFFSET = 1000
@@ -22,9 +23,10 @@ CRITIC_SHUFFLE_OFFSET = 1000
 class Critic:
     """A `ValueModel` with its own AdamW; `update` runs the step's value-loss passes."""
 
-    def __init__(self, policy: torch.nn.Module, config: Config, device: torch.device):
-        self.config = config
-        self.model = ValueModel.from_pretrained_lm(policy).to(device)
+    def __init__(self, policy: torch.nn.Module, config: Config, device: torch.device,
+                 dist: Distributed = SINGLE_PROCESS):
+        self.config, self.dist = config, dist
+        self.model = dist.shard(ValueModel.from_pretrained_lm(policy).to(device), bf16=config.model.autocast_bf16)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.critic_lr,
                                            weight_decay=config.train.weight_decay)
 
@@ -33,32 +35,48 @@ class Critic:
         self.model.train()
         clip_fracs: list[float] = []
 
-        def micro_loss(index: torch.Tensor, sub: TokenBatch) -> torch.Tensor:
+        def micro_loss(index: torch.Tensor, sub: TokenBatch, record: bool) -> torch.Tensor:
             width = sub.response_ids.shape[1]
             with autocast_context(sub.input_ids.device, cfg.model.autocast_bf16):
                 values = token_values(self.model, sub).float()
             loss, value_metrics = algos.value_loss(values, batch.old_values[index][:, :width],
                                                    batch.returns[index][:, :width], sub.response_mask,
                                                    clip=cfg.algorithm.value_clip, agg=cfg.algorithm.loss_agg)
-            clip_fracs.append(value_metrics["vf_clip_frac"])
+            if record:
+                clip_fracs.append(value_metrics["vf_clip_frac"])
             return loss
 
         results = [minibatch_step(batch.tokens, rows, self.optimizer, self.model, micro_loss,
                                   micro_batch_tokens=cfg.train.micro_batch_tokens,
                                   max_grad_norm=cfg.train.max_grad_norm, loss_agg=cfg.algorithm.loss_agg,
-                                  step=step, what="critic")
+                                  step=step, what="critic", dist=self.dist)
                    for epoch in range(plan.updates_per_batch)
-                   for rows in minibatch_rows(len(batch.tokens), cfg.train.minibatch_size, cfg.train.seed, step,
-                                              CRITIC_SHUFFLE_OFFSET + epoch)]
+                   for rows in local_minibatch_rows(len(batch.tokens), cfg.train.minibatch_size, cfg.train.seed,
+                                                    step, CRITIC_SHUFFLE_OFFSET + epoch, self.dist)]
         losses = [r[0] for r in results if r is not None]
-        with torch.no_grad():
-            mask = batch.tokens.response_mask
-            explained = 1 - algos.masked_mean((batch.returns - batch.old_values).square(), mask) / (
-                algos.masked_mean((batch.returns - algos.masked_mean(batch.returns, mask)).square(), mask) + 1e-8)
+        explained = self._explained_variance(batch)
+        if self.dist.active:
+            clip_sum, clip_count = self.dist.all_reduce([float(np.sum(clip_fracs)), float(len(clip_fracs))])
+            clip_fraction = clip_sum / clip_count if clip_count else 0.0
+        else:
+            clip_fraction = float(np.mean(clip_fracs)) if clip_fracs else 0.0
         return {"loss/value": float(np.mean(losses)) if losses else float("nan"),
-                "value/clip_fraction": float(np.mean(clip_fracs)) if clip_fracs else 0.0,
+                "value/clip_fraction": clip_fraction,
                 "value/explained_variance": float(explained),
                 "skipped_critic_updates": len(results) - len(losses)}
+
+    @torch.no_grad()
+    def _explained_variance(self, batch: StepBatch) -> float:
+        """1 - Var(returns - values) / Var(returns) over the response tokens of the (global) batch."""
+        mask, returns, values = batch.tokens.response_mask, batch.returns, batch.old_values
+        if not self.dist.active:
+            return float(1 - algos.masked_mean((returns - values).square(), mask) / (
+                algos.masked_mean((returns - algos.masked_mean(returns, mask)).square(), mask) + 1e-8))
+        count, returns_sum, error_sq = self.dist.all_reduce(
+            [float(mask.sum()), float((returns * mask).sum()), float(((returns - values).square() * mask).sum())])
+        mean = returns_sum / max(count, 1.0)
+        spread = self.dist.all_reduce([float(((returns - mean).square() * mask).sum())])[0]
+        return 1 - (error_sq / max(count, 1.0)) / (spread / max(count, 1.0) + 1e-8)
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}

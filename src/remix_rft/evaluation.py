@@ -578,6 +578,19 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_during_training(config, engine: RolloutEngine, tokenizer, eval_sets: dict[str, list[Example]],
+                             reward: RewardFunction, step: int, run_dir: Path) -> EvalReport:
+    """The held-out evaluation of a training run at `step` (config `eval` section), written under
+    `<run_dir>/eval/step_<step>`."""
+    cfg = config.eval
+    sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens or config.rollout.max_new_tokens,
+                              temperature=cfg.temperature, greedy=cfg.greedy, seed=config.train.seed * 7919 + step)
+    report = evaluate(engine, tokenizer, eval_sets, reward, sampling, samples=cfg.samples,
+                      instruction=config.data.instruction, progress=False, system_prompt=config.data.system_prompt)
+    report.write(Path(run_dir) / "eval" / f"step_{step:06d}")
+    return report
+
+
 def comparison_table(before, after, fmt: str = "text") -> str:
     """Held-out Pass@1 before vs after training, per benchmark and averaged."""
     before_rows, after_rows = _pass_at_1(before), _pass_at_1(after)

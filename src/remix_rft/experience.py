@@ -3,8 +3,9 @@ passes without grad (pi_k, base reference, precedent, critic values) and the adv
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,17 @@ class StepBatch:
     advantages: torch.Tensor | None = None  # [B, R]
     returns: torch.Tensor | None = None
     old_values: torch.Tensor | None = None
+
+
+@dataclass
+class FreshRollouts:
+    """A step's fresh data on this rank: training-set indices of its prompts, their rollouts (grouped by prompt,
+    `prompt_index` into `indices`), their scores, and the generation / scoring wall times."""
+
+    indices: list[int]
+    rollouts: list
+    scores: list
+    times: dict[str, float] = field(default_factory=dict)
 
 
 def make_groups(config: Config, step: int, indices: list[int], examples: Sequence[Example], rollouts,
@@ -107,8 +119,12 @@ def store_behaviour(groups: list[RolloutGroup], behaviour_logp: torch.Tensor) ->
 
 @torch.no_grad()
 def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: torch.nn.Module,
-                   references: FrozenReferences, critic: torch.nn.Module | None) -> dict[str, float]:
-    """Fill the batch's pi_k, reference and precedent log-probs and the critic's values; return diagnostics."""
+                   references: FrozenReferences, critic: torch.nn.Module | None,
+                   gathered: Callable[[torch.nn.Module | None], contextlib.AbstractContextManager] = (
+                       lambda model: contextlib.nullcontext())) -> dict[str, float]:
+    """Fill the batch's pi_k, reference and precedent log-probs and the critic's values; return diagnostics.
+
+    `gathered(model)` gives a sharded model its full parameters for the passes (see `Distributed.gathered`)."""
     tokens = batch.tokens
     mask = tokens.response_mask
     temperature = config.rollout.temperature
@@ -116,7 +132,8 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
     metrics: dict[str, float] = {}
     policy.eval()
     with autocast_context(tokens.input_ids.device, config.model.autocast_bf16):
-        proximal, entropy = token_logprobs(policy, tokens, temperature, with_entropy=True, max_tokens=budget)
+        with gathered(policy):
+            proximal, entropy = token_logprobs(policy, tokens, temperature, with_entropy=True, max_tokens=budget)
         batch.proximal_logp = proximal.float()
         metrics["entropy"] = float(algos.masked_mean(entropy.float(), mask))
         fresh = ~batch.is_replay
@@ -127,16 +144,20 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
             # fresh data: behaviour = pi_k as the trainer computes it, so their clip centre is exactly 1
             batch.behaviour_logp[fresh] = batch.proximal_logp[fresh]
         if references.reference is not None:
-            batch.reference_logp = references.reference_logprobs(tokens, temperature, budget)
+            with gathered(references.reference):
+                batch.reference_logp = references.reference_logprobs(tokens, temperature, budget)
             metrics["kl/base"] = float(algos.masked_mean(
                 algos.kl_penalty(batch.proximal_logp, batch.reference_logp, "k3"), mask))
         if references.uses_kl and plan.kl_convex_weight < 1.0:
-            batch.precedent_logp = references.precedent_logprobs(tokens, temperature, budget, batch.proximal_logp)
+            with gathered(references.lagged):
+                batch.precedent_logp = references.precedent_logprobs(tokens, temperature, budget,
+                                                                     batch.proximal_logp)
             metrics["kl/precedent"] = float(algos.masked_mean(
                 algos.kl_penalty(batch.proximal_logp, batch.precedent_logp, "k3"), mask))
         if critic is not None:
             critic.eval()
-            batch.old_values = token_values(critic, tokens, max_tokens=budget).float()
+            with gathered(critic):
+                batch.old_values = token_values(critic, tokens, max_tokens=budget).float()
     policy.train()
     return metrics
 

@@ -7,6 +7,7 @@ import logging
 import math
 import resource
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,63 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def new_run_dir(config) -> Path:
+    """`<logging.output_dir>/<logging.run_name>`, by default named after the algorithm and the start time."""
+    name = config.logging.run_name
+    if not name:
+        kind = ("remix-" if config.remix.enabled else "") + config.algorithm.name
+        name = f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return Path(config.logging.output_dir) / name
+
+
+# How a step metric measured on one rank's share combines over data-parallel ranks; a key in none of these is
+# the same on every rank (the schedule, counters, and what the actor and critic already reduced).
+SUM_METRICS = ("rollouts/step", "rollouts/replayed", "replay/groups", "tokens/step", "buffer/groups")
+MAX_METRICS = ("response_length/max", "logprob_mismatch/max")
+ROLLOUT_MEANS = ("reward/mean", "accuracy/train", "response_length/mean", "response_length/truncated_share")
+TOKEN_MEANS = ("entropy", "kl/base", "kl/precedent")
+
+
+def reduce_over_ranks(record: dict[str, Any], dist, rollouts: int, tokens: float) -> dict[str, Any]:
+    """Combine a step record over ranks: counts add up, maxima and wall times take the maximum, means are
+    weighted by each rank's rollouts (or response tokens; replay ages by replayed groups)."""
+    if not dist.active:
+        return record
+    out = dict(record)
+    sums = [k for k in record if k in SUM_METRICS or k.startswith("verifier/")]
+    maxima = [k for k in record if k in MAX_METRICS or k.startswith(("time/", "memory/"))]
+    weighted = [(k, rollouts) for k in record if k in ROLLOUT_MEANS]
+    weighted += [(k, tokens) for k in record if k in TOKEN_MEANS]
+    weighted.append(("replay/mean_age", record["replay/groups"]))
+    values = [float(record[k]) for k in sums] + [float(record[k]) * w for k, w in weighted]
+    values += [float(w) for _, w in weighted]
+    reduced = dist.all_reduce(values)
+    out.update(zip(sums, (int(v) if isinstance(record[k], int) else v for k, v in zip(sums, reduced))))
+    products, weights = reduced[len(sums):len(sums) + len(weighted)], reduced[len(sums) + len(weighted):]
+    out.update({k: (p / w if w else 0.0) for (k, _), p, w in zip(weighted, products, weights)})
+    out.update(zip(maxima, dist.all_reduce([float(record[k]) for k in maxima], op="max")))
+    memory = [k for k in record if k.startswith("memory/")]
+    for rank, values in enumerate(dist.all_gather_object([record[k] for k in memory])):
+        out.update({f"{k}/rank{rank}": v for k, v in zip(memory, values)})
+    return out
+
+
 def step_summary(record: dict[str, Any], total_steps: int) -> str:
     """One human-readable line about a training step, for the progress log."""
     return (f"step {record['step']}/{total_steps} [{record['phase']}] reward {record['reward/mean']:.3f} "
             f"acc {record['accuracy/train']:.3f} len {record['response_length/mean']:.0f} "
             f"rollouts {record['rollouts/total']} ratio {record.get('ratio/mean', float('nan')):.3f} "
             f"kl {record.get('kl/base', 0.0):.4f} {record['time/step']:.1f}s")
+
+
+def report_step(record: dict[str, Any], total_steps: int, progress=None) -> None:
+    """Print a step's summary line above the tqdm bar `progress`, or log it when there is no bar."""
+    summary = step_summary(record, total_steps)
+    if progress is None:
+        logger.info(summary)
+        return
+    progress.set_postfix(reward=f"{record['reward/mean']:.3f}", rollouts=record["rollouts/total"])
+    progress.write(summary)
 
 
 class MetricsLogger:
@@ -76,6 +128,18 @@ class MetricsLogger:
                                           "(or set logging.wandb=false)") from None
             self._wandb = wandb.init(project=wandb_project, name=run_name, config=config, dir=str(run_dir),
                                      resume="allow" if resume else None, id=run_name if resume else None)
+
+    @classmethod
+    def for_run(cls, config, run_dir: Path, resume_step: int | None = None) -> MetricsLogger:
+        """The logger a training run's config asks for; resuming from the checkpoint of `resume_step` first drops
+        the lines logged after it."""
+        if resume_step is not None:
+            dropped = truncate_metrics_after(Path(run_dir) / "metrics.jsonl", resume_step)
+            if dropped:
+                logger.info("dropped %d metric lines logged after the checkpoint at step %d", dropped, resume_step)
+        log = config.logging
+        return cls(run_dir, tensorboard=log.tensorboard, wandb_project=log.wandb_project if log.wandb else None,
+                   run_name=Path(run_dir).name, config=config.to_dict(), resume=resume_step is not None)
 
     def log(self, record: dict[str, Any]) -> None:
         clean = {k: _jsonable(v) for k, v in record.items()}

@@ -6,6 +6,7 @@ Policy reincarnation (METHOD.md) swaps the base: the current policy becomes the 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 
@@ -34,12 +35,14 @@ class FrozenReferences:
     """The base reference (when the KL coefficient is > 0) and the lagged precedent pi_{k-1} (KL-Convex with
     `remix.precedent=lagged`); either is None when the config does not need it."""
 
-    def __init__(self, policy: torch.nn.Module, config: Config):
+    def __init__(self, policy: torch.nn.Module, config: Config,
+                 shard: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model):
+        """Copies of `policy` (before it is sharded); `shard` places each copy (FSDP2 under torchrun)."""
         self.uses_kl = config.algorithm.kl_coef > 0
         remix = config.remix
         needs_lagged = self.uses_kl and remix.enabled and remix.kl_convex and remix.precedent == "lagged"
-        self.reference = frozen_copy(policy) if self.uses_kl else None
-        self.lagged = frozen_copy(policy) if needs_lagged else None
+        self.reference = shard(frozen_copy(policy)) if self.uses_kl else None
+        self.lagged = shard(frozen_copy(policy)) if needs_lagged else None
 
     def reference_logprobs(self, tokens: TokenBatch, temperature: float, max_tokens: int | None) -> torch.Tensor:
         return token_logprobs(self.reference, tokens, temperature, max_tokens=max_tokens)[0].float()

@@ -9,6 +9,8 @@ One training step (`Trainer.train_step`), top to bottom:
   6. `updates_per_batch` passes of minibatch updates on the METHOD.md objective; critic updates (PPO)
   7. push the fresh groups to the buffer; the lagged policy now holds pi_k for the next step's precedent KL
 With ReMix disabled the same code runs with p = 0, one update pass and no reincarnation: plain GRPO / PPO.
+Under torchrun each rank takes a contiguous share of the step's prompt groups (generates, scores and replays its
+own), the models are FSDP2-sharded and the update is the one of the global batch (see `distributed`, `updates`).
 
 Roles: `actor` (policy, optimizer, Mix-PPG update), `critic`, `references` (base, precedent), `experience` (groups,
 batch, log-prob passes, advantages), rollout engine, reward, `buffer`, `data.sampler`, `checkpoint` (whole state).
@@ -20,7 +22,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from remix_rft import checkpoint, experience
+from remix_rft import checkpoint, evaluation, experience, metrics
 from remix_rft.actor import Actor
 from remix_rft.buffer import ReplayBuffer
 from remix_rft.checkpoint import TrainingState, TrainState, latest_checkpoint
-from remix_rft.config import Config, load_yaml
+from remix_rft.config import Config, config_for_resume
 from remix_rft.critic import Critic
 from remix_rft.data.sampler import PromptSampler, TrainingPrompts
 from remix_rft.data.types import Example
+from remix_rft.distributed import Distributed
 from remix_rft.errors import ConfigError, PathNotFoundError
-from remix_rft.evaluation import build_eval_sets, comparison_table, evaluate, report_before_after
-from remix_rft.metrics import MetricsLogger, peak_memory_mb, peak_rss_mb, step_summary, truncate_metrics_after
+from remix_rft.evaluation import comparison_table, report_before_after
+from remix_rft.experience import FreshRollouts
+from remix_rft.metrics import MetricsLogger, peak_rss_mb
 from remix_rft.models import autocast_context, load_model, load_tokenizer
 from remix_rft.references import FrozenReferences, frozen_copy
 from remix_rft.rewards import build_reward
@@ -51,18 +54,6 @@ __all__ = ["PromptSampler", "TrainState", "Trainer", "comparison_table", "config
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"config key 'model.device': unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'model.device': {name!r} but no CUDA GPU is visible; use model.device=auto or cpu")
-    return device
-
-
 class Trainer:
     """Builds every role from a Config and runs `train()`; see the module docstring for one step."""
 
@@ -70,28 +61,32 @@ class Trainer:
                  on_step_end: Callable[[Trainer, dict[str, Any]], None] | None = None):
         cfg = self.config = config
         self.on_step_end = on_step_end
-        self.device = resolve_device(cfg.model.device)
+        self.dist = Distributed.from_environment(cfg.model.device)
+        self.device = self.dist.device
+        if resume_from is not None:
+            checkpoint.check_world_size(resume_from, self.dist.world_size)
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
         torch.manual_seed(cfg.train.seed)
         # input first: a wrong model name, data file or benchmark fails in seconds, before a run dir is written
         self.tokenizer = load_tokenizer(cfg.model.name)
         self.prompts = TrainingPrompts(cfg, self.tokenizer)
-        self._eval_sets: dict[str, list[Example]] | None = None
-        if cfg.eval.benchmarks and (cfg.eval.before_training or cfg.eval.after_training or cfg.eval.every):
-            self.eval_sets()
-        self.run_dir = Path(run_dir) if run_dir else self._new_run_dir()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        evaluates = cfg.eval.benchmarks and (cfg.eval.before_training or cfg.eval.after_training or cfg.eval.every)
+        self._eval_sets: dict[str, list[Example]] | None = evaluation.build_eval_sets(cfg) if evaluates else None
+        self.run_dir = Path(self.dist.broadcast_object(str(run_dir or metrics.new_run_dir(cfg))))
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
 
         self.pad_id = self.tokenizer.pad_token_id
         policy = load_model(cfg.model.name, dtype=cfg.model.dtype).to(self.device)
         policy.train()
         if cfg.model.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
-        self.references = FrozenReferences(policy, cfg)
-        self.critic = Critic(policy, cfg, self.device) if cfg.algorithm.name == "ppo" else None
-        self.actor = Actor(policy, cfg)
+        shard = lambda model: self.dist.shard(model, bf16=cfg.model.autocast_bf16)  # noqa: E731
+        self.references = FrozenReferences(policy, cfg, shard=shard)
+        self.critic = Critic(policy, cfg, self.device, self.dist) if cfg.algorithm.name == "ppo" else None
+        self.actor = Actor(shard(policy), cfg, self.dist)
         self.engine = build_engine(cfg.rollout.engine, policy, self.tokenizer,
                                    max_batch_size=cfg.rollout.max_batch_size, autocast_bf16=cfg.model.autocast_bf16)
         self.reward = build_reward(cfg.reward.name, format_weight=cfg.reward.format_weight, timeout=cfg.reward.timeout,
@@ -100,18 +95,15 @@ class Trainer:
                                    require_boxed=cfg.reward.require_boxed, num_workers=cfg.reward.num_workers,
                                    custom=cfg.reward.custom)
         self.schedule = build_schedule(cfg)
-        self.buffer = ReplayBuffer(cfg.remix.history_window, seed=cfg.train.seed)
+        self.buffer = ReplayBuffer(cfg.remix.history_window, seed=cfg.train.seed + self.dist.rank)
         self.state = TrainState()
         self.eval_history: list[tuple[int, Any]] = []
 
         if resume_from is not None:
-            self.state = checkpoint.read_training_state(resume_from, self._training_state(), dtype=cfg.model.dtype)
-            dropped = truncate_metrics_after(self.run_dir / "metrics.jsonl", self.state.step)
-            if dropped:
-                logger.info("dropped %d metric lines logged after the checkpoint at step %d", dropped, self.state.step)
-        self.metrics = MetricsLogger(self.run_dir, tensorboard=cfg.logging.tensorboard,
-                                     wandb_project=cfg.logging.wandb_project if cfg.logging.wandb else None,
-                                     run_name=self.run_dir.name, config=cfg.to_dict(), resume=resume_from is not None)
+            self.state = checkpoint.read_training_state(resume_from, self._training_state(), cfg.model.dtype)
+        # rank 0 writes the run's metrics (after dropping lines logged after the checkpoint)
+        self.metrics = MetricsLogger.for_run(cfg, self.run_dir, resume_step=self.state.step if resume_from else None) \
+            if self.dist.is_main else None
 
     @property
     def policy(self) -> torch.nn.Module:
@@ -119,58 +111,63 @@ class Trainer:
 
     _frozen_copy = staticmethod(frozen_copy)
 
-    def _new_run_dir(self) -> Path:
-        name = self.config.logging.run_name
-        if not name:
-            kind = ("remix-" if self.config.remix.enabled else "") + self.config.algorithm.name
-            name = f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        return Path(self.config.logging.output_dir) / name
-
     def _autocast(self):
         return autocast_context(self.device, self.config.model.autocast_bf16)
 
     def _sampling(self, step: int) -> SamplingParams:
         ro = self.config.rollout
+        seed = (self.config.train.seed * 1_000_003 + step) * self.dist.world_size + self.dist.rank
         return SamplingParams(max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_p=ro.top_p,
-                              top_k=ro.top_k, seed=self.config.train.seed * 1_000_003 + step)
+                              top_k=ro.top_k, seed=seed)
 
     def _training_state(self) -> TrainingState:
         return TrainingState(state=self.state, actor=self.actor, critic=self.critic, references=self.references,
-                             buffer=self.buffer, prompts=self.prompts, tokenizer=self.tokenizer)
+                             buffer=self.buffer, prompts=self.prompts, tokenizer=self.tokenizer, dist=self.dist)
 
-    # ------------------------------------------------------------------------------------------------ one step
     def train_step(self, step: int) -> dict[str, Any]:
-        cfg = self.config
-        times: dict[str, float] = {}
-        step_start = time.perf_counter()
+        plan = self.begin_step(step)
+        return self.learn(step, plan, self.generate(step, plan))
 
-        # 1. plan; reincarnate: the current policy becomes the KL base and training goes on-policy
-        plan: StepPlan = self.schedule.plan(step)
+    def begin_step(self, step: int) -> StepPlan:
+        """1. plan; reincarnate: the current policy becomes the KL base and training goes on-policy."""
+        plan = self.schedule.plan(step)
         if plan.reincarnate and not self.state.reincarnated:
             self._reincarnate(step)
+        if plan.fresh_prompts < self.dist.world_size:
+            raise ConfigError(f"config key 'train.prompts_per_step': step {step} has {plan.fresh_prompts} fresh prompts "
+                              f"for {self.dist.world_size} ranks; each rank needs at least one prompt group")
+        return plan
 
-        # 2. fresh responses for the step's fresh prompts, scored
+    def generate(self, step: int, plan: StepPlan) -> FreshRollouts:
+        """2. fresh responses for this rank's share of the step's fresh prompts, scored."""
+        start, stop = self.dist.share(plan.fresh_prompts)
+        indices = self.prompts.next(plan.fresh_prompts)[start:stop]
+        t0 = time.perf_counter()
+        with self.dist.gathered(self.policy):
+            rollouts = self.engine.generate([self.prompts.prompt(i) for i in indices],
+                                            self.config.train.samples_per_prompt, self._sampling(step))
+        t1 = time.perf_counter()
+        scores = self.reward.score([r.text for r in rollouts],
+                                   [self.prompts.examples[indices[r.prompt_index]] for r in rollouts])
+        return FreshRollouts(indices, rollouts, scores, {"generation": t1 - t0, "scoring": time.perf_counter() - t1})
+
+    def learn(self, step: int, plan: StepPlan, fresh: FreshRollouts) -> dict[str, Any]:
+        """Steps 3-7 on this rank's fresh rollouts; returns the step's metrics (reduced over ranks)."""
+        cfg, step_start, rollouts = self.config, time.perf_counter(), fresh.rollouts
+        times = dict(fresh.times)
         self.buffer.evict(step)
-        indices = self.prompts.next(plan.fresh_prompts)
-        examples = self.prompts.examples
-        t0 = time.perf_counter()
-        rollouts = self.engine.generate([self.prompts.prompt(i) for i in indices], cfg.train.samples_per_prompt,
-                                        self._sampling(step))
-        times["generation"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        scores = self.reward.score([r.text for r in rollouts], [examples[indices[r.prompt_index]] for r in rollouts])
-        times["scoring"] = time.perf_counter() - t0
-        fresh_groups = experience.make_groups(cfg, step, indices, examples, rollouts, scores)
+        fresh_groups = experience.make_groups(cfg, step, fresh.indices, self.prompts.examples, rollouts, fresh.scores)
 
         # 3. replayed groups: whole prompt groups from the last `history_window` policies
-        replay_count = min(plan.replay_prompts, len(self.buffer))
+        start, stop = self.dist.share(plan.replay_prompts)
+        replay_count = min(stop - start, len(self.buffer))
         replay_groups = self.buffer.sample(replay_count) if replay_count else []
         batch = experience.assemble(fresh_groups, replay_groups, self.pad_id, self.device)
 
         # 4. log-prob passes without grad
         t0 = time.perf_counter()
         pass_metrics = experience.logprob_passes(cfg, batch, plan, self.policy, self.references,
-                                      self.critic.model if self.critic else None)
+                                                 self.critic.model if self.critic else None, self.dist.gathered)
         times["logprobs"] = time.perf_counter() - t0
         if cfg.rollout.behaviour_logprobs == "recompute":
             # when replayed, these groups must carry the behaviour log-probs they were trained with as fresh data
@@ -194,47 +191,45 @@ class Trainer:
         if cfg.remix.enabled and plan.phase == "mix":
             self.buffer.add(fresh_groups)
 
-        generated_tokens = sum(len(r.response_ids) for r in rollouts)
+        local_tokens = sum(len(r.response_ids) for r in rollouts)
+        step_rollouts, step_tokens = self.dist.all_reduce([len(rollouts), local_tokens])
         self.state.step = step
-        self.state.rollouts_total += len(rollouts)
-        self.state.tokens_total += generated_tokens
-        times["step"] = time.perf_counter() - step_start
+        self.state.rollouts_total += int(step_rollouts)
+        self.state.tokens_total += int(step_tokens)
+        times["step"] = time.perf_counter() - step_start + sum(fresh.times.values())
 
-        record = experience.step_record(step, plan, rollouts, scores, batch, replay_groups, self.state)
+        record = experience.step_record(step, plan, rollouts, fresh.scores, batch, replay_groups, self.state)
         record.update({"buffer/groups": len(self.buffer), "lr": self.actor.lr, **pass_metrics, **update_metrics})
         record.update({f"time/{k}": v for k, v in times.items()})
-        record.update(peak_memory_mb(self.device))
+        record.update(metrics.peak_memory_mb(self.device))
+        record = metrics.reduce_over_ranks(record, self.dist, len(rollouts), float(batch.tokens.response_mask.sum()))
+        record["distributed/world_size"] = self.dist.world_size
         return record
 
     def _reincarnate(self, step: int) -> None:
         self.references.reincarnate(self.policy)
         self.state.reincarnated = True
         self.buffer.evict(step + self.config.remix.history_window + 1)  # replay is off from here on: free it
-        self.metrics.log({"type": "event", "event": "reincarnation", "step": step,
+        self._log({"type": "event", "event": "reincarnation", "step": step,
                           "rollouts/total": self.state.rollouts_total,
                           "message": f"reference <- policy after step {step - 1}; on-policy from step {step}"})
         logger.info("step %d: policy reincarnation (reference <- current policy, on-policy from now on)", step)
 
-    # ------------------------------------------------------------------------------------------------ evaluation
-    def eval_sets(self) -> dict[str, list[Example]]:
-        if self._eval_sets is None:
-            self._eval_sets = build_eval_sets(self.config)
-        return self._eval_sets
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.log(record)
 
     def evaluate(self, step: int):
-        cfg = self.config.eval
-        sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens or self.config.rollout.max_new_tokens,
-                                  temperature=cfg.temperature, greedy=cfg.greedy,
-                                  seed=self.config.train.seed * 7919 + step)
-        report = evaluate(self.engine, self.tokenizer, self.eval_sets(), self.reward, sampling, samples=cfg.samples,
-                          instruction=self.config.data.instruction, progress=False,
-                          system_prompt=self.config.data.system_prompt)
-        record = {"type": "eval", "step": step, "rollouts/total": self.state.rollouts_total,
-                  "tokens/total": self.state.tokens_total}
-        record.update(report.metrics(prefix="eval"))
-        self.metrics.log(record)
+        """Held-out evaluation on rank 0 (the other ranks lend it their parameter shards meanwhile)."""
+        with self.dist.gathered(self.policy):
+            if not self.dist.is_main:
+                return None
+            self._eval_sets = self._eval_sets or evaluation.build_eval_sets(self.config)
+            report = evaluation.evaluate_during_training(self.config, self.engine, self.tokenizer, self._eval_sets, self.reward,
+                                              step, self.run_dir)
+        self._log({"type": "eval", "step": step, "rollouts/total": self.state.rollouts_total,
+                   "tokens/total": self.state.tokens_total, **report.metrics(prefix="eval")})
         self.eval_history.append((step, report))
-        report.write(self.run_dir / "eval" / f"step_{step:06d}")
         return report
 
     def save(self) -> Path:
@@ -242,26 +237,21 @@ class Trainer:
         training = self._training_state()
         return checkpoint.save_checkpoint(self.run_dir, self.state.step,
                                           lambda directory: checkpoint.write_training_state(directory, training, phase),
-                                          keep=self.config.checkpoint.keep)
+                                          keep=self.config.checkpoint.keep, dist=self.dist)
 
-    # ------------------------------------------------------------------------------------------------ the loop
     def train(self) -> dict[str, Any]:
         cfg = self.config
         start_step = self.state.step + 1
         if start_step == 1 and cfg.eval.before_training and cfg.eval.benchmarks:
             self.evaluate(0)
         progress = tqdm(range(start_step, cfg.train.steps + 1), initial=start_step - 1, total=cfg.train.steps,
-                        desc="train", disable=not cfg.logging.progress, dynamic_ncols=True)
+                        desc="train", disable=not (cfg.logging.progress and self.dist.is_main), dynamic_ncols=True)
         record: dict[str, Any] = {}
         for step in progress:
             record = self.train_step(step)
-            self.metrics.log(record)
-            summary = step_summary(record, cfg.train.steps)
-            if cfg.logging.progress:
-                progress.set_postfix(reward=f"{record['reward/mean']:.3f}", rollouts=record["rollouts/total"])
-                tqdm.write(summary)
-            else:
-                logger.info(summary)
+            self._log(record)
+            if self.dist.is_main:
+                metrics.report_step(record, cfg.train.steps, progress if cfg.logging.progress else None)
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
                 self.evaluate(step)
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
@@ -276,10 +266,12 @@ class Trainer:
         return record
 
     def close(self) -> None:
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
         close = getattr(self.reward, "close", None)
         if close is not None:
             close()
+        self.dist.close()
 
 
 def run_training(config: Config, resume: Path | None = None,
@@ -296,14 +288,8 @@ def run_training(config: Config, resume: Path | None = None,
         trainer.train()
     finally:
         trainer.close()
-    report_before_after(trainer.eval_history, trainer.run_dir, trainer.state.rollouts_total)
-    print(f"run directory: {trainer.run_dir}")
+    if trainer.dist.is_main:
+        report_before_after(trainer.eval_history, trainer.run_dir, trainer.state.rollouts_total)
+        print(f"run directory: {trainer.run_dir}")
     return trainer
 
-
-def config_for_resume(run_dir: Path) -> dict[str, Any]:
-    """The resolved config a run was started with, as a dict (overrides are merged on top by the CLI)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise PathNotFoundError(f"{path} not found: is {run_dir} a remix-rft run directory?")
-    return load_yaml(path)

@@ -1,5 +1,12 @@
 """Minibatch optimizer steps shared by the actor and the critic: seeded shuffles, token-budget micro-batches with
-gradient accumulation, gradient clipping, and skipping a step whose loss or gradient is not finite."""
+gradient accumulation, gradient clipping, and skipping a step whose loss or gradient is not finite.
+
+Data-parallel ranks hold disjoint rows of one global batch. A minibatch is global (the rows of one seeded
+permutation of the global batch); each rank works on its own rows of it, normalises by the global token (or row)
+count and scales by the world size (FSDP averages gradients over ranks), so the summed gradient equals one
+process's on the whole minibatch. Ranks run the same number of forward/backward passes (FSDP's collectives pair
+up): a rank with fewer micro-batches runs extra ones with weight 0.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,15 @@ from collections.abc import Callable
 import torch
 
 from remix_rft.batching import TokenBatch, split_by_token_budget
+from remix_rft.distributed import Distributed, grad_norm_value
 
 logger = logging.getLogger(__name__)
 
-MicroLoss = Callable[[torch.Tensor, TokenBatch], torch.Tensor]
+# micro_loss(index, sub_batch, record): the micro-batch's aggregated loss; `record` False for a weight-0 pass that
+# only keeps the ranks' collectives in step (its statistics must not be tallied)
+MicroLoss = Callable[[torch.Tensor, TokenBatch, bool], torch.Tensor]
+
+SINGLE_PROCESS = Distributed()
 
 
 def minibatch_rows(size: int, minibatch_size: int, seed: int, step: int, epoch: int) -> list[torch.Tensor]:
@@ -24,6 +36,20 @@ def minibatch_rows(size: int, minibatch_size: int, seed: int, step: int, epoch: 
     return [order[i:i + minibatch_size] for i in range(0, size, minibatch_size)]
 
 
+def local_minibatch_rows(local_size: int, minibatch_size: int, seed: int, step: int, epoch: int,
+                         dist: Distributed) -> list[torch.Tensor]:
+    """This rank's local row indices of each global minibatch; ranks' rows follow each other in rank order."""
+    if not dist.active:
+        return minibatch_rows(local_size, minibatch_size, seed, step, epoch)
+    sizes = [int(size) for size in dist.all_gather_object(local_size)]
+    offset = sum(sizes[:dist.rank])
+    out = []
+    for rows in minibatch_rows(sum(sizes), minibatch_size, seed, step, epoch):
+        mine = rows[(rows >= offset) & (rows < offset + local_size)]
+        out.append(mine - offset)
+    return out
+
+
 def micro_weight(micro_mask: torch.Tensor, minibatch_mask: torch.Tensor, loss_agg: str) -> float:
     """Weight of a micro-batch's aggregated loss so the accumulated gradient equals the minibatch's."""
     if loss_agg == "token-mean":
@@ -31,35 +57,54 @@ def micro_weight(micro_mask: torch.Tensor, minibatch_mask: torch.Tensor, loss_ag
     return micro_mask.shape[0] / minibatch_mask.shape[0]
 
 
+def _global_micro_weight(micro_mask: torch.Tensor, tokens: float, rows: float, loss_agg: str) -> float:
+    if loss_agg == "token-mean":
+        return float(micro_mask.sum() / torch.tensor(max(tokens, 1.0), dtype=micro_mask.dtype))
+    return micro_mask.shape[0] / rows
+
+
 def minibatch_step(tokens: TokenBatch, rows: torch.Tensor, optimizer: torch.optim.Optimizer, model: torch.nn.Module,
                    micro_loss: MicroLoss, *, micro_batch_tokens: int | None, max_grad_norm: float, loss_agg: str,
-                   step: int, what: str) -> tuple[float, float] | None:
+                   step: int, what: str, dist: Distributed = SINGLE_PROCESS) -> tuple[float, float] | None:
     """One optimizer step on `rows` of `tokens`, gradients accumulated over token-budget micro-batches.
 
-    `micro_loss(index, sub_batch)` returns a micro-batch's aggregated loss; each is re-weighted so the summed
-    gradient equals the minibatch's. Returns (loss, grad norm), or None when a non-finite loss or gradient
-    skipped the step (weights untouched).
+    `micro_loss(index, sub_batch, record)` returns a micro-batch's aggregated loss; each is re-weighted so the
+    summed gradient equals the minibatch's. Returns (loss, grad norm), or None when a non-finite loss or
+    gradient (on any rank) skipped the step (weights untouched).
     """
     minibatch_mask = tokens.response_mask[rows]
+    micros = split_by_token_budget(tokens.select(rows), micro_batch_tokens) if len(rows) else []
+    passes = [(rows[torch.as_tensor(micro)], True) for micro in micros]
+    if dist.active:
+        global_tokens, global_rows = dist.all_reduce([float(minibatch_mask.sum()), float(len(rows))])
+        most = int(dist.all_reduce([float(len(micros))], op="max")[0])
+        filler = rows[:1] if len(rows) else torch.zeros(1, dtype=torch.long)
+        passes += [(filler, False)] * (most - len(micros))
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     finite = True
-    for micro in split_by_token_budget(tokens.select(rows), micro_batch_tokens):
-        index = rows[torch.as_tensor(micro)]
+    for index, real in passes:
         sub = tokens.select(index)
-        loss = micro_loss(index, sub)
-        if not torch.isfinite(loss):
-            finite = False
+        loss = micro_loss(index, sub, real)
+        finite = bool(torch.isfinite(loss))
+        if dist.active:  # every rank skips together
+            finite = dist.all_reduce([float(finite)], op="min")[0] > 0
+        if not finite:
             break
-        weight = micro_weight(sub.response_mask, minibatch_mask, loss_agg)
-        (loss * weight).backward()
+        if not dist.active:
+            weight = micro_weight(sub.response_mask, minibatch_mask, loss_agg)
+        else:
+            weight = _global_micro_weight(sub.response_mask, global_tokens, global_rows, loss_agg) if real else 0.0
+        (loss * (weight * dist.world_size)).backward()
         total += float(loss.detach()) * weight
     if finite:
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        finite = bool(torch.isfinite(grad_norm))
+        grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
+        finite = bool(torch.isfinite(torch.tensor(grad_norm)))
     if not finite:
         optimizer.zero_grad(set_to_none=True)
         logger.warning("step %d: non-finite %s loss or gradient, update skipped (weights untouched)", step, what)
         return None
     optimizer.step()
-    return total, float(grad_norm)
+    if dist.active:
+        total = dist.all_reduce([total])[0]
+    return total, grad_norm

@@ -1,0 +1,63 @@
+"""Run by torchrun (or plainly) from tests/test_distributed.py: distributed training scenarios on the tiny model.
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py MODE OUT [overrides]
+
+MODE `step`: one training step; rank 0 saves the step's global rollouts and the full policy weights to OUT.
+MODE `train` / `crash` / `resume`: `run_training` under OUT/run; `crash` raises after step 3 (its metrics are
+logged, its checkpoint is not), `resume` continues OUT/run from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from remix_rft.config import load_config
+from remix_rft.trainer import Trainer, run_training
+
+TINY = [
+    "model.name=tiny-random", "rollout.max_new_tokens=6", "eval.limit=4", "eval.max_new_tokens=4",
+    "logging.tensorboard=false", "logging.progress=false", "train.lr=1e-3", "data.train_options={size: 64}",
+    "train.micro_batch_tokens=64", "logging.run_name=run",
+]
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crash_after_step_3(trainer: Trainer, record: dict) -> None:
+    if record["step"] == 3:
+        raise Crash("simulated kill after step 3")
+
+
+def main(mode: str, out: Path, overrides: list[str]) -> None:
+    torch.set_num_threads(1)
+    config = load_config(overrides[0], [*TINY, f"logging.output_dir={out}", *overrides[1:]])
+    if mode == "step":
+        trainer = Trainer(config)
+        plan = trainer.begin_step(1)
+        fresh = trainer.generate(1, plan)
+        shares = trainer.dist.all_gather_object((fresh.indices, fresh.rollouts))
+        trainer.learn(1, plan, fresh)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        weights = get_model_state_dict(trainer.policy, options=StateDictOptions(full_state_dict=True,
+                                                                                cpu_offload=True))
+        if trainer.dist.is_main:
+            torch.save({"shares": shares, "weights": weights}, out / "step.pt")
+        trainer.close()
+        return
+    if mode == "crash":
+        try:
+            run_training(config, on_step_end=crash_after_step_3)
+        except Crash:
+            return
+        raise AssertionError("the crash did not happen")
+    run_training(config, resume=out / "run" if mode == "resume" else None)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3:])
