@@ -150,7 +150,8 @@ class Distributed:
         finally:
             for module in modules:
                 module.reshard()
-                module.set_reshard_after_forward(True, recurse=False)
+                # FSDP2's default: blocks reshard after forward, the root keeps its parameters for the backward
+                module.set_reshard_after_forward(module is not model, recurse=False)
 
 
 def _hf_model(model: nn.Module) -> nn.Module:
