@@ -56,7 +56,7 @@ RUN_ENVIRONMENT = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "TOKEN
 # presets: what a study runs, as data
 
 PRESET_KEYS = {"title", "machine_note", "config", "steps", "eval_every", "eval_limit", "seeds", "run_dir",
-               "max_concurrent", "keep_checkpoints", "target_gain", "targets", "figures", "figure_dir", "common",
+               "max_concurrent", "keep_checkpoints", "target_gain", "targets", "budgets", "figures", "figure_dir", "common",
                "quick", "groups", "runs", "sweep"}
 QUICK_KEYS = {"steps", "eval_every", "eval_limit", "max_concurrent", "runs", "overrides"}
 GROUP_KEYS = {"title", "kind", "reference", "include", "overrides", "self_reflection"}
@@ -714,8 +714,8 @@ def band_figures(preset: dict[str, Any], summaries: list[RunSummary], figure_dir
     written = []
     rollouts = "cumulative rollouts (responses generated)"
     for group, config in preset["groups"].items():
-        members = [s for s in summaries if s.spec.group == group]
-        reference = [s for s in summaries if s.spec.name == config.get("reference")]
+        members = [s for s in summaries if s.spec.group == group and s.evals]
+        reference = [s for s in summaries if s.spec.name == config.get("reference") and s.evals]
         runs = _by_name(reference + members)
         if not members:
             continue
@@ -964,6 +964,10 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 raise SystemExit(f"--only names run(s) not in this study: {unknown}; "
                                  f"in it: {sorted({s.name for s in specs})}")
+        if seeds:
+            unknown = sorted(set(seeds) - {str(s.seed) for s in specs})
+            if unknown:
+                raise SystemExit(f"--seeds names seed(s) no run of this study has: {unknown}")
         launch = [s for s in specs if (not only or s.name in only) and (not seeds or str(s.seed) in seeds)]
         quick = preset.get("quick", {}) if args.quick else {}
         max_concurrent = args.max_concurrent or quick.get("max_concurrent") or preset.get("max_concurrent", 1)
@@ -991,6 +995,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = max((s.spec.steps for s in summaries if s.spec.group == "main"), default=1)
     full = steps * per_step  # what on-policy GRPO generates over the whole run
     budgets = sorted({max(1, full // 4), max(1, full // 2), full})
+    if preset.get("budgets") and not args.quick:
+        budgets = [int(b) for b in preset["budgets"]]
 
     figures: list[Path] = []
     report_path = args.docs or (out / "results.md")
