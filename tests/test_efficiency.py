@@ -228,7 +228,7 @@ def test_report_from_a_combined_metrics_file(efficiency, tmp_path):
     assert "ReMix-GRPO (excluded: see notes)" in text and "Excluded from the seed summaries" in text
     # to 40%: GRPO 512 / 304 (seed 0) and 1024 / 304 (seed 1: 38% at 512); to 50%: 1024 / 608 both
     assert "| ReMix-GRPO | GRPO | 0 / 1 | 1.68x / 3.37x | 1.68x / 1.68x |" in text
-    assert "Not run (no metrics): " in text and "ppo-s0" in text
+    assert "Not run (not in the metrics file): " in text and "ppo-s0" in text
     figure = docs.parent / "figures" / "gpu" / "accuracy_vs_rollouts.png"
     assert figure.stat().st_size > 1000 and "figures/gpu/accuracy_vs_rollouts.png" in text
     metrics.write_text('{"type": "eval", "step": 0}\n')
