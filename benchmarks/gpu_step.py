@@ -46,13 +46,13 @@ def prompts_per_step_for(fresh: int, offpolicy_fraction: float, enabled: bool) -
 
 
 class PhasePeaks:
-    """Wraps two trainer methods to record the device's peak allocated memory during each phase."""
+    """Wraps generation and the policy update to record the device's peak allocated memory during each phase."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.device = trainer.device
         self.peaks: dict[str, float] = {"generation": 0.0, "update": 0.0}
         trainer.engine.generate = self._wrap(trainer.engine.generate, "generation")
-        trainer._update_policy = self._wrap(trainer._update_policy, "update")
+        trainer.actor.update = self._wrap(trainer.actor.update, "update")
 
     def _wrap(self, function, phase: str):
         def wrapped(*args, **kwargs):
