@@ -140,8 +140,9 @@ def main() -> None:
     print(f"(MFU over a peak of {steps[-1]['perf/peak_tflops']:.0f} TFLOP/s measured by a matmul benchmark; "
           f"set train.peak_tflops to use a data-sheet number)")
 
-    prompt_tokens = int(sum(len(trainer.tokenizer(trainer._prompt(i))["input_ids"])
-                            for i in range(min(32, len(trainer.train_examples)))) / min(32, len(trainer.train_examples)))
+    sampled = min(32, len(trainer.prompts.examples))
+    prompt_tokens = int(sum(len(trainer.tokenizer(trainer.prompts.prompt(i))["input_ids"])
+                            for i in range(sampled)) / sampled)
     estimate = memory_estimate(config, resolve_architecture(args.model), prompt_tokens=prompt_tokens,
                                device_type=device_type)
     kind = "max_memory_allocated" if device_type == "cuda" else "peak RSS"
