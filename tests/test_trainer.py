@@ -88,8 +88,8 @@ def test_algorithms_run_end_to_end(tmp_path, name):
 
 
 def _comparable(lines: list[dict]) -> list[dict]:
-    # wall time and peak memory are measurements of the machine, not of the training
-    return [{k: v for k, v in line.items() if not k.startswith(("time/", "memory/"))} for line in lines]
+    # wall time, throughput and peak memory are measurements of the machine, not of the training
+    return [{k: v for k, v in line.items() if not k.startswith(("time/", "memory/", "perf/"))} for line in lines]
 
 
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
@@ -168,10 +168,11 @@ def test_replayed_groups_keep_the_behaviour_logprobs_they_trained_with(tmp_path)
     """In `recompute` mode the buffer stores pi_k's log-probs as computed by the trainer (what the fresh update
     used), so a replayed group's ratio and clip centre are measured against the same behaviour policy."""
     from remix_rft.batching import collate, token_logprobs
+    from remix_rft.models import frozen_copy
 
     config = tiny_config(tmp_path, "remix-grpo", "train.steps=1", "model.autocast_bf16=true")
     trainer = Trainer(config)
-    pre_update = Trainer._frozen_copy(trainer.policy)
+    pre_update = frozen_copy(trainer.policy, "float32")  # the policy's own float32 weights, run under autocast
     try:
         trainer.train_step(1)
         group = trainer.buffer.sample(1)[0]
@@ -183,3 +184,34 @@ def test_replayed_groups_keep_the_behaviour_logprobs_they_trained_with(tmp_path)
             assert torch.allclose(group.behaviour_logprobs[i], expected[i, :len(response)], atol=2e-3)
     finally:
         trainer.close()
+
+
+def test_critic_gradient_does_not_depend_on_micro_batching_under_seq_mean_token_sum_norm(tmp_path):
+    """The critic's loss uses the policy's constant norm_len, so accumulating micro-batches of one row each gives
+    the minibatch's gradient (with each micro-batch's own width as norm_len it would not)."""
+    from remix_rft.batching import collate
+    from remix_rft.experience import StepBatch
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = [1, 3, 6, 2]
+    tokens = collate([[5, 6, 7]] * 4, [[9] * n for n in lengths], pad_token_id=0)
+    critics = []
+    for budget in (10**6, 1):
+        config = tiny_config(tmp_path / str(budget), "ppo", "algorithm.loss_agg=seq-mean-token-sum-norm",
+                             f"train.micro_batch_tokens={budget}")
+        trainer = Trainer(config)
+        trainer.critic.optimizer = torch.optim.SGD(trainer.critic.model.parameters(), lr=1.0)
+        batch = StepBatch(tokens=tokens, behaviour_logp=torch.zeros(4, 6), rewards=torch.zeros(4),
+                          sequence_advantages=torch.zeros(4), is_replay=torch.zeros(4, dtype=torch.bool),
+                          versions=torch.zeros(4), old_values=torch.zeros(4, 6),
+                          returns=torch.randn(4, 6, generator=generator) * tokens.response_mask)
+        initial = [p.detach().clone() for p in trainer.critic.model.parameters()]
+        try:
+            trainer.critic.update(batch, trainer.schedule.plan(1), step=1)
+            critics.append([p.detach().clone() for p in trainer.critic.model.parameters()])
+        finally:
+            trainer.close()
+        generator.manual_seed(0)
+    assert any(not torch.equal(p, q) for p, q in zip(critics[0], initial))
+    for whole, micro in zip(*critics):
+        assert torch.allclose(whole, micro, atol=1e-6)

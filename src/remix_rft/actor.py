@@ -92,9 +92,10 @@ class Actor:
             def cut(x: torch.Tensor) -> torch.Tensor:
                 return x[index][:, :width]
 
-            with autocast_context(sub.input_ids.device, cfg.model.autocast_bf16):
+            with autocast_context(sub.input_ids.device, cfg.model.bf16):
                 logp, entropy = token_logprobs(self.model, sub, cfg.rollout.temperature,
-                                               with_entropy=alg.entropy_coef > 0)
+                                               with_entropy=alg.entropy_coef > 0,
+                                               chunk_tokens=cfg.train.logprob_chunk_tokens)
             logp = logp.float()
             behaviour, proximal = cut(batch.behaviour_logp), cut(batch.proximal_logp)
             loss, _ = loss_fn(logp, behaviour, proximal, cut(batch.advantages), mask,

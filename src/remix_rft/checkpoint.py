@@ -146,7 +146,8 @@ def read_training_state(directory: Path, training: TrainingState, dtype: str) ->
     directory = Path(directory)
     logger.info("resuming from %s", directory)
     references = training.references
-    training.actor.model.load_state_dict(load_model(str(directory / "policy"), dtype=dtype).state_dict())
+    # the policy's float32 master weights; the frozen copies in the compute dtype `dtype`
+    training.actor.model.load_state_dict(load_model(str(directory / "policy"), dtype="float32").state_dict())
     trainer_state = torch.load(directory / "trainer_state.pt", weights_only=False)
     if trainer_state["reincarnated"] and references.reference is not None:
         references.reference.load_state_dict(load_model(str(directory / "reference"), dtype=dtype).state_dict())

@@ -28,10 +28,22 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ModelConfig:
     name: str = "smollm2-135m-instruct"  # embedded default, a local HF dir, a hub name, or "tiny-random[:SEED]"
-    dtype: str = "float32"  # weights dtype: float32 | bfloat16
-    autocast_bf16: bool = False  # bf16 autocast for forward passes (CPU or GPU) with float32 weights
+    # compute dtype: float32 | bfloat16. bfloat16 = mixed precision: the trained models (policy, critic) keep float32
+    # master weights and AdamW state, forward/backward/generation run under bf16 autocast, and the frozen copies
+    # (reference, lagged precedent) are stored in bf16.
+    dtype: str = "float32"
+    autocast_bf16: bool = False  # older spelling of dtype=bfloat16 (true means exactly that)
     gradient_checkpointing: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype forward/backward passes run in and frozen copies are stored in."""
+        return "bfloat16" if self.autocast_bf16 else self.dtype
+
+    @property
+    def bf16(self) -> bool:
+        return self.compute_dtype == "bfloat16"
 
 
 @dataclass
@@ -75,12 +87,14 @@ class TrainConfig:
     samples_per_prompt: int = 4
     minibatch_size: int = 16  # responses per optimizer step
     micro_batch_tokens: int = 4096  # padded tokens per forward/backward (bounds memory); grads accumulate
+    logprob_chunk_tokens: int | None = 512  # response tokens per LM-head chunk (null: whole micro-batch at once)
     lr: float = 1e-6
     critic_lr: float = 1e-5
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
     seed: int = 0
+    peak_tflops: float | None = None  # device peak for perf/mfu (null: a matmul benchmark, measured once, cached)
 
 
 @dataclass
@@ -187,6 +201,14 @@ class Config:
         _check(0 <= a.gamma <= 1 and 0 <= a.gae_lambda <= 1, "algorithm.gamma/gae_lambda", "must be in [0, 1]")
         if self.advantage_estimator == "gae":
             _check(a.name == "ppo", "algorithm.advantage_estimator", "gae needs a critic: use algorithm.name=ppo")
+        else:
+            _check(a.name != "ppo", "algorithm.advantage_estimator",
+                   f"algorithm.name=ppo trains a critic on GAE returns, so it needs advantage_estimator=gae (got "
+                   f"{self.advantage_estimator!r}); for sequence-level advantages use algorithm.name=grpo")
+            _check(not (a.kl_in_reward and a.kl_coef > 0), "algorithm.kl_in_reward",
+                   f"the KL-in-reward penalty is per token and needs per-token returns (advantage_estimator=gae, "
+                   f"algorithm.name=ppo); with {self.advantage_estimator!r} advantages it would apply no KL at all. "
+                   f"Use kl_in_reward=false (the KL loss term, as GRPO does)")
         _check(0 <= r.offpolicy_fraction < 1, "remix.offpolicy_fraction",
                f"must be in [0, 1), got {r.offpolicy_fraction}")
         _check(r.history_window >= 1, "remix.history_window", f"must be >= 1, got {r.history_window}")
@@ -214,6 +236,9 @@ class Config:
             except ValueError as err:
                 raise ConfigError(f"config key 'remix.offpolicy_fraction': {err}") from None
         _check(t.micro_batch_tokens >= 1, "train.micro_batch_tokens", "must be >= 1")
+        _check(t.logprob_chunk_tokens is None or t.logprob_chunk_tokens >= 1, "train.logprob_chunk_tokens",
+               "must be >= 1 or null")
+        _check(t.peak_tflops is None or t.peak_tflops > 0, "train.peak_tflops", "must be > 0 or null")
         _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
         _check(ro.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
         _check(ro.temperature > 0, "rollout.temperature", f"must be > 0, got {ro.temperature}")

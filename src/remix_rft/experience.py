@@ -115,8 +115,9 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
     budget = config.train.micro_batch_tokens
     metrics: dict[str, float] = {}
     policy.eval()
-    with autocast_context(tokens.input_ids.device, config.model.autocast_bf16):
-        proximal, entropy = token_logprobs(policy, tokens, temperature, with_entropy=True, max_tokens=budget)
+    with autocast_context(tokens.input_ids.device, config.model.bf16):
+        proximal, entropy = token_logprobs(policy, tokens, temperature, with_entropy=True, max_tokens=budget,
+                                           chunk_tokens=config.train.logprob_chunk_tokens)
         batch.proximal_logp = proximal.float()
         metrics["entropy"] = float(algos.masked_mean(entropy.float(), mask))
         fresh = ~batch.is_replay

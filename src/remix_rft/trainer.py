@@ -40,7 +40,8 @@ from remix_rft.errors import ConfigError, PathNotFoundError
 from remix_rft.evaluation import build_eval_sets, comparison_table, evaluate, report_before_after
 from remix_rft.metrics import MetricsLogger, peak_memory_mb, peak_rss_mb, step_summary, truncate_metrics_after
 from remix_rft.models import autocast_context, load_model, load_tokenizer
-from remix_rft.references import FrozenReferences, frozen_copy
+from remix_rft.perf import StepWork, peak_flops_per_s, throughput_metrics
+from remix_rft.references import FrozenReferences
 from remix_rft.rewards import build_reward
 from remix_rft.rollout import SamplingParams, build_engine
 from remix_rft.schedule import StepPlan, build_schedule
@@ -85,7 +86,9 @@ class Trainer:
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
 
         self.pad_id = self.tokenizer.pad_token_id
-        policy = load_model(cfg.model.name, dtype=cfg.model.dtype).to(self.device)
+        # float32 master weights whatever model.dtype says: bf16 runs as autocast, so AdamW's small updates are not
+        # rounded away (at lr 1e-6 most are below half a bf16 ulp); frozen copies take the compute dtype
+        policy = load_model(cfg.model.name, dtype="float32").to(self.device)
         policy.train()
         if cfg.model.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
@@ -93,7 +96,8 @@ class Trainer:
         self.critic = Critic(policy, cfg, self.device) if cfg.algorithm.name == "ppo" else None
         self.actor = Actor(policy, cfg)
         self.engine = build_engine(cfg.rollout.engine, policy, self.tokenizer,
-                                   max_batch_size=cfg.rollout.max_batch_size, autocast_bf16=cfg.model.autocast_bf16)
+                                   max_batch_size=cfg.rollout.max_batch_size, autocast_bf16=cfg.model.bf16)
+        self._peak_flops: float | None = None  # measured on first use (perf/mfu)
         self.reward = build_reward(cfg.reward.name, format_weight=cfg.reward.format_weight, timeout=cfg.reward.timeout,
                                    correct_reward=cfg.reward.correct_reward,
                                    incorrect_reward=cfg.reward.incorrect_reward,
@@ -105,7 +109,8 @@ class Trainer:
         self.eval_history: list[tuple[int, Any]] = []
 
         if resume_from is not None:
-            self.state = checkpoint.read_training_state(resume_from, self._training_state(), dtype=cfg.model.dtype)
+            self.state = checkpoint.read_training_state(resume_from, self._training_state(),
+                                                     dtype=cfg.model.compute_dtype)
             dropped = truncate_metrics_after(self.run_dir / "metrics.jsonl", self.state.step)
             if dropped:
                 logger.info("dropped %d metric lines logged after the checkpoint at step %d", dropped, self.state.step)
@@ -117,8 +122,6 @@ class Trainer:
     def policy(self) -> torch.nn.Module:
         return self.actor.model
 
-    _frozen_copy = staticmethod(frozen_copy)
-
     def _new_run_dir(self) -> Path:
         name = self.config.logging.run_name
         if not name:
@@ -127,7 +130,7 @@ class Trainer:
         return Path(self.config.logging.output_dir) / name
 
     def _autocast(self):
-        return autocast_context(self.device, self.config.model.autocast_bf16)
+        return autocast_context(self.device, self.config.model.bf16)
 
     def _sampling(self, step: int) -> SamplingParams:
         ro = self.config.rollout
@@ -203,8 +206,26 @@ class Trainer:
         record = experience.step_record(step, plan, rollouts, scores, batch, replay_groups, self.state)
         record.update({"buffer/groups": len(self.buffer), "lr": self.actor.lr, **pass_metrics, **update_metrics})
         record.update({f"time/{k}": v for k, v in times.items()})
+        record.update(throughput_metrics(self._step_work(batch, rollouts, plan), times, self._peak()))
         record.update(peak_memory_mb(self.device))
         return record
+
+    def _peak(self) -> float:
+        if self._peak_flops is None:
+            self._peak_flops = peak_flops_per_s(self.device, self.config.model.bf16, self.config.train.peak_tflops)
+        return self._peak_flops
+
+    def _step_work(self, batch, rollouts, plan: StepPlan) -> StepWork:
+        refs = self.references
+        return StepWork(
+            parameters=sum(p.numel() for p in self.policy.parameters()),
+            critic_parameters=sum(p.numel() for p in self.critic.model.parameters()) if self.critic else 0,
+            generated_tokens=sum(len(r.response_ids) for r in rollouts),
+            prompt_tokens=sum(len(r.prompt_ids) for r in rollouts),
+            batch_tokens=int(batch.tokens.attention_mask.sum()),
+            logprob_passes=1 + (refs.reference is not None)
+            + (refs.lagged is not None and plan.kl_convex_weight < 1.0),
+            update_passes=plan.updates_per_batch)
 
     def _reincarnate(self, step: int) -> None:
         self.references.reincarnate(self.policy)
