@@ -33,6 +33,9 @@ from .hf import _eos_token_ids, validate_sampling
 
 # the engine core must live in this process for the weight push to reach its model
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# on CPU, vLLM pins the OpenMP threads of the process it runs in; colocated, that process is the trainer, whose
+# own torch threads must stay free (and a pinned thread set on a shared machine stalls behind other processes)
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 CPU_KV_CACHE_BYTES = 1 << 30  # default KV cache on CPU (vLLM reads gpu_memory_utilization as a share of RAM there)
 
@@ -45,20 +48,16 @@ def distributed_rank() -> int:
 
 
 def iter_full_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, full tensor) of every parameter and buffer in the state dict, one at a time.
+    """(name, full tensor) of every parameter, one at a time, in checkpoint naming.
 
     A sharded tensor (DTensor, as FSDP2 holds them) is gathered alone, so at most one full tensor exists at once.
-    Tied weights appear once (under the first name), as the HF checkpoint stores them.
+    Tied weights appear once, under their first name (as the HF checkpoint stores them).
     """
-    seen: set[int] = set()
-    for name, tensor in model.state_dict(keep_vars=False).items():
-        key = id(tensor)
-        if key in seen:
-            continue
-        seen.add(key)
+    for name, parameter in model.named_parameters(remove_duplicate=True):
+        tensor = parameter.detach()
         if hasattr(tensor, "full_tensor"):
             tensor = tensor.full_tensor()
-        yield name, tensor.detach()
+        yield name, tensor
 
 
 def _checkpoint_path(model: PreTrainedModel) -> str:
@@ -136,30 +135,54 @@ class VLLMRolloutEngine:
             self.llm.sleep(level=1)
 
     # ------------------------------------------------------------------------------------------ weights
-    def _engine_model(self) -> torch.nn.Module:
+    def _engine_worker(self) -> Any:
         executor = getattr(self.llm.llm_engine, "model_executor", None)
         worker = getattr(getattr(executor, "driver_worker", None), "worker", None)
-        model = getattr(getattr(worker, "model_runner", None), "model", None)
-        if model is None:
+        if getattr(worker, "model_runner", None) is None:
             raise RuntimeError(
                 "cannot reach the vLLM engine's model in this process: the engine core runs in a separate "
                 "process; set VLLM_ENABLE_V1_MULTIPROCESSING=0 before vllm is imported"
             )
-        return model
+        return worker
 
     def update_weights(self, model: torch.nn.Module) -> None:
-        """Load `model`'s current weights into the engine, one full tensor at a time; reset the prefix cache."""
+        """Load `model`'s current weights into the engine, one full tensor at a time; reset the prefix cache.
+
+        vLLM's in-place reload (``model_runner.reload_weights``) takes checkpoint-format tensors, restores the
+        checkpoint layout of each layer (kernels may have repacked it, e.g. oneDNN on CPU), loads, and processes
+        the layer again; it consumes the iterator lazily, so only one gathered tensor exists at a time.
+        """
         if self.sleep_mode:
             self.llm.wake_up(tags=["weights"])
-        engine_model = self._engine_model()
-        target = next(engine_model.parameters())
+        runner = self._engine_worker().model_runner
         with torch.no_grad():
-            for name, tensor in iter_full_tensors(model):
-                engine_model.load_weights([(name, tensor.to(device=target.device))])
+            runner.reload_weights(weights_iterator=iter_full_tensors(model), is_checkpoint_format=True)
+            self._retie_output_embedding(runner.get_model())
         self.llm.reset_prefix_cache()
         self.weights_version += 1
         if self.sleep_mode:
             self.llm.sleep(level=1)
+
+    @staticmethod
+    def _retie_output_embedding(engine_model: torch.nn.Module) -> None:
+        """Point a tied LM head back at the reloaded input embedding.
+
+        The checkpoint has no tensor for a tied head, so the in-place reload gives the embedding a new weight and
+        puts the head's old one back (vLLM logs "ParallelLMHead: Failed to load weights"); the head is re-tied and
+        re-processed (on CPU its oneDNN GEMM handle is rebuilt from the new weight).
+        """
+        config = getattr(engine_model, "config", None)
+        if not getattr(config, "tie_word_embeddings", False):
+            return
+        head = getattr(engine_model, "lm_head", None)
+        embedding = getattr(getattr(engine_model, "model", None), "embed_tokens", None)
+        if head is None or embedding is None:
+            raise RuntimeError(
+                f"{type(engine_model).__name__} ties its output embedding but has no lm_head / model.embed_tokens: "
+                "cannot re-tie it after a weight push"
+            )
+        head.weight = embedding.weight
+        head.quant_method.process_weights_after_loading(head)
 
     # ------------------------------------------------------------------------------------------ sampling
     def _request_params(self, sampling: SamplingParams, row: int) -> Any:
@@ -216,6 +239,27 @@ class VLLMRolloutEngine:
                 finish_reason="eos" if ended else "length", logprobs=logprobs,
             ))
         return rollouts
+
+    def response_logprobs(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> list[float]:
+        """The engine's log-probs (temperature 1) of a given response after a prompt, teacher-forced.
+
+        Uses vLLM's prompt log-probs over prompt + response, so it reads the engine's current weights exactly
+        as sampling does: the check that a weight push reached the engine.
+        """
+        if not prompt_ids or not response_ids:
+            raise ValueError("response_logprobs needs a non-empty prompt and response")
+        tokens = list(prompt_ids) + list(response_ids)
+        params = self._vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        if self.sleep_mode:
+            self.llm.wake_up(tags=["weights"])
+            self.llm.wake_up(tags=["kv_cache"])
+        try:
+            output = self.llm.generate([{"prompt_token_ids": tokens}], params, use_tqdm=False)[0]
+        finally:
+            if self.sleep_mode:
+                self.llm.sleep(level=1)
+        scored = output.prompt_logprobs[len(prompt_ids):]
+        return [float(step[token].logprob) for step, token in zip(scored, response_ids)]
 
     def close(self) -> None:
         """Shut the engine down and free its memory."""
