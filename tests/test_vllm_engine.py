@@ -134,25 +134,30 @@ def test_seeded_sampling_is_reproducible(engine, prompts):
 
 
 def test_default_job_trains_with_the_vllm_engine(tmp_path):
-    """The quickstart job, shortened, with engine log-probs and truncated IS: weights are pushed each step."""
+    """The quickstart job, made small, with engine log-probs and truncated IS: the weights are pushed every step.
+
+    float32 forward passes (quickstart's bf16 autocast is turned off: without AVX512-BF16 it is emulated and
+    slow), so the engine and the trainer differ only by kernels and the mismatch is tiny.
+    """
     config = load_config("quickstart", [
         "rollout.engine=vllm", "rollout.behaviour_logprobs=engine", "rollout.is_correction=tis",
-        "rollout.max_new_tokens=16", "rollout.max_model_len=512", "train.steps=3", "eval.benchmarks=[]",
+        "model.autocast_bf16=false", "train.prompts_per_step=4", "train.minibatch_size=8", "train.steps=2",
+        "rollout.max_new_tokens=16", "rollout.max_model_len=512", "eval.benchmarks=[]",
         "checkpoint.save_final=false", "logging.tensorboard=false", "logging.progress=false",
         f"logging.output_dir={tmp_path}", "logging.run_name=vllm",
     ])
     trainer = Trainer(config)
     try:
         trainer.train()
-        assert trainer.engine.weights_version == 2  # pushed before steps 2 and 3 (step 1 samples the start weights)
+        assert trainer.engine.weights_version == 1  # pushed before step 2 (step 1 samples the start weights)
     finally:
         trainer.close()
     records = [json.loads(line) for line in (tmp_path / "vllm" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r.get("type") == "train"]
-    assert [r["step"] for r in train] == [1, 2, 3]
+    assert [r["step"] for r in train] == [1, 2]
     for record in train:
-        # the trainer autocasts to bf16 (quickstart) while the engine runs float32: a small, bounded gap
-        assert record["logprob_mismatch/max"] < 0.5
-        assert 0 < record["is_correction/weight_mean"] <= config.rollout.is_cap
-        assert "time/weight_sync" in record
-    assert any("logprob_mismatch/replay_mean" in r for r in train)  # replayed groups kept engine + trainer log-probs
+        assert record["logprob_mismatch/max"] < 1e-2
+        assert record["is_correction/weight_mean"] == pytest.approx(1.0, abs=1e-2)
+        assert record["time/weight_sync"] >= 0
+    # step 2 replays step 1's group with the engine's and the trainer's log-probs kept from generation time
+    assert train[1]["replay/groups"] == 1 and train[1]["logprob_mismatch/replay_max"] < 1e-2
