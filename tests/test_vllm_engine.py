@@ -40,9 +40,14 @@ def prompts(tokenizer):
     return [format_prompt(tokenizer, problem) for problem in PROBLEMS]
 
 
+# the CPU build here and in CI; on a GPU machine with the CUDA build (the `vllm` extra) the same tests run on the
+# GPU and exercise sleep mode (wake weights -> push -> sleep; wake -> generate -> sleep)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @pytest.fixture(scope="module")
 def policy():
-    return load_model(DEFAULT_MODEL, dtype="float32")
+    return load_model(DEFAULT_MODEL, dtype="float32", device=DEVICE)
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +58,10 @@ def engine(policy, tokenizer):
 
 
 def _trainer_logprobs(model, prompt_ids, response_ids):
-    batch = collate([prompt_ids], [response_ids], pad_token_id=0)
+    batch = collate([prompt_ids], [response_ids], pad_token_id=0).to(DEVICE)
     with torch.no_grad():
         logp, _ = token_logprobs(model, batch, temperature=1.0)
-    return logp[0, : len(response_ids)].float()
+    return logp[0, : len(response_ids)].float().cpu()
 
 
 def test_greedy_responses_agree_with_the_hf_engine(engine, policy, tokenizer, prompts):
@@ -72,7 +77,9 @@ def test_greedy_responses_agree_with_the_hf_engine(engine, policy, tokenizer, pr
             assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < SYNC_TOLERANCE
             continue
         split = next(i for i, (x, y) in enumerate(zip(a.response_ids, b.response_ids)) if x != y)
-        logits = policy(torch.tensor([a.prompt_ids + a.response_ids[:split]])).logits[0, -1].float()
+        with torch.no_grad():
+            logits = policy(torch.tensor([a.prompt_ids + a.response_ids[:split]], device=DEVICE)).logits[0, -1]
+        logits = logits.float()
         margin = abs(float(logits[a.response_ids[split]] - logits[b.response_ids[split]]))
         assert margin < 1e-3, f"prompt {a.prompt_index}: greedy paths split at token {split} with margin {margin}"
     assert identical >= len(prompts) - 1
@@ -84,11 +91,12 @@ def test_engine_logprobs_follow_the_weight_push(engine, policy, tokenizer, promp
     response_ids = tokenizer(" The answer is \\boxed{5}.", add_special_tokens=False)["input_ids"]
     before = torch.tensor(engine.response_logprobs(prompt_ids, response_ids))
     assert (before - _trainer_logprobs(policy, prompt_ids, response_ids)).abs().max() < SYNC_TOLERANCE
+    assert engine.sleep_mode == (DEVICE == "cuda")
 
     # one training step: raise the response's likelihood (a large step, so the change is unmistakable)
     optimizer = torch.optim.SGD(policy.parameters(), lr=1e-2)
     policy.train()
-    batch = collate([prompt_ids], [response_ids], pad_token_id=0)
+    batch = collate([prompt_ids], [response_ids], pad_token_id=0).to(DEVICE)
     logp, _ = token_logprobs(policy, batch, temperature=1.0)
     (-logp.sum()).backward()
     optimizer.step()
@@ -113,12 +121,12 @@ def test_sampled_logprobs_are_the_trainers_at_temperature(engine, policy, tokeni
     temperature = 0.7
     rollouts = engine.generate(prompts[:2], 2, SamplingParams(max_new_tokens=12, temperature=temperature, seed=3))
     assert [(r.prompt_index, r.sample_index) for r in rollouts] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    batch = collate([r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts], pad_token_id=0)
+    batch = collate([r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts], pad_token_id=0).to(DEVICE)
     with torch.no_grad():
         logp, _ = token_logprobs(policy, batch, temperature=temperature)
     for row, rollout in enumerate(rollouts):
         assert len(rollout.logprobs) == len(rollout.response_ids) > 0
-        gap = (torch.tensor(rollout.logprobs) - logp[row, : len(rollout.response_ids)].float()).abs().max()
+        gap = (torch.tensor(rollout.logprobs) - logp[row, : len(rollout.response_ids)].float().cpu()).abs().max()
         assert gap < SYNC_TOLERANCE
         assert rollout.finish_reason in ("eos", "length")
         if rollout.finish_reason == "eos":
