@@ -61,12 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf-max-batch-size", type=int, default=64, help="the HF engine's rollout.max_batch_size")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--engines", default="hf,vllm")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's); 1 on a machine other processes keep busy")
     parser.add_argument("--out", type=Path, default=None, help="also write the table, machine and command here")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if any(b < 1 or b % SAMPLES_PER_PROMPT for b in batches):
         parser.error(f"--batches must be positive multiples of {SAMPLES_PER_PROMPT}, got {args.batches}")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, dtype="float32", device=args.device)
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0, seed=0)
@@ -103,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out is not None:
         cpu = platform.processor() or platform.machine()
-        machine = (f"{platform.node()}: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"device {args.device}")
+        machine = (f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+                   f"torch {torch.__version__}, device {args.device}, 1-minute load average {os.getloadavg()[0]:.1f}")
         command = "python benchmarks/generation.py " + " ".join(argv if argv is not None else sys.argv[1:])
         args.out.write_text(f"{table}\n\nmachine: {machine}\ncommand: {command}\n")
     return 0
