@@ -215,3 +215,41 @@ def test_critic_gradient_does_not_depend_on_micro_batching_under_seq_mean_token_
     assert any(not torch.equal(p, q) for p, q in zip(critics[0], initial))
     for whole, micro in zip(*critics):
         assert torch.allclose(whole, micro, atol=1e-6)
+
+
+@pytest.mark.parametrize("correction, level", [("tis", "token"), ("mis", "sequence")])
+def test_engine_behaviour_logprobs_with_mismatch_correction(tmp_path, correction, level):
+    """behaviour_logprobs=engine: the buffer keeps the sampler's log-probs and the trainer's of the same tokens;
+    the IS correction logs its statistics for fresh and replayed data. The HF engine shares the trainer's
+    numerics, so the mismatch is float noise and every weight is ~1."""
+    config = tiny_config(tmp_path, "remix-grpo", "train.steps=2", "remix.offpolicy_fraction=0.5",
+                         "rollout.behaviour_logprobs=engine", f"rollout.is_correction={correction}",
+                         f"rollout.is_level={level}", "rollout.is_cap=2.0")
+    trainer = Trainer(config)
+    try:
+        first = trainer.train_step(1)
+        group = trainer.buffer.sample(1)[0]
+        assert group.trainer_logprobs is not None
+        for sampler, ours in zip(group.behaviour_logprobs, group.trainer_logprobs):
+            assert sampler.shape == ours.shape and not torch.equal(sampler, ours)  # two measurements, kept apart
+            assert torch.allclose(sampler, ours, atol=1e-4)
+        second = trainer.train_step(2)
+    finally:
+        trainer.close()
+    assert "logprob_mismatch/replay_mean" not in first and second["replay/groups"] > 0
+    for record, kinds in ((first, ("fresh",)), (second, ("fresh", "replay"))):
+        for kind in kinds:
+            assert record[f"logprob_mismatch/{kind}_max"] < 1e-3
+            assert record[f"is_correction/{kind}_weight_mean"] == pytest.approx(1.0, abs=1e-2)
+        assert record["is_correction/capped_fraction"] == 0.0
+        assert record["is_correction/raw_ratio_max"] < 1.1
+
+
+def test_mismatch_correction_needs_engine_logprobs(tmp_path):
+    from remix_rft.config import ConfigError
+
+    with pytest.raises(ConfigError, match="rollout.is_correction"):
+        tiny_config(tmp_path, "remix-grpo", "rollout.is_correction=tis")
+    with pytest.raises(ConfigError, match="rollout.top_p/top_k"):
+        tiny_config(tmp_path, "remix-grpo", "rollout.engine=vllm", "rollout.behaviour_logprobs=engine",
+                    "rollout.top_p=0.9")

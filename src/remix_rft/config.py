@@ -106,6 +106,17 @@ class RolloutConfig:
     top_k: int = 0
     max_batch_size: int = 64  # sequences per generate() call
     behaviour_logprobs: str = "recompute"  # recompute: trainer log-probs of pi_k (as verl); engine: the sampler's
+    # sampler-trainer mismatch correction (needs behaviour_logprobs=engine): none | tis (truncated IS) | mis (masked)
+    is_correction: str = "none"
+    is_cap: float = 2.0  # tis: weights above it are truncated to it; mis: tokens/sequences above it get weight 0
+    is_level: str = "token"  # token | sequence (the product of the response's token ratios)
+    # engine=vllm only
+    gpu_memory_utilization: float = 0.3  # GPU share the vLLM engine may hold (weights + KV cache)
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = None  # prompt + response tokens per sequence (default: the model's context)
+    enable_sleep_mode: bool | None = None  # free the engine's GPU memory during updates (default: on for GPU)
+    dtype: str | None = None  # vLLM weights dtype (default: the policy's, model.dtype)
+    kv_cache_gb: float | None = None  # KV cache size (default: 1 GiB on CPU, gpu_memory_utilization on GPU)
 
 
 @dataclass
@@ -245,6 +256,25 @@ class Config:
         _check(0 < ro.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {ro.top_p}")
         _check(ro.behaviour_logprobs in ("recompute", "engine"), "rollout.behaviour_logprobs",
                "must be recompute or engine")
+        _check(ro.engine in ("hf", "vllm"), "rollout.engine", f"must be hf or vllm, got {ro.engine!r}")
+        _check(ro.is_correction in ("none", "tis", "mis"), "rollout.is_correction",
+               f"must be none, tis or mis, got {ro.is_correction!r}")
+        _check(ro.is_correction == "none" or ro.behaviour_logprobs == "engine", "rollout.is_correction",
+               "corrects the engine's log-probs towards the trainer's: set rollout.behaviour_logprobs=engine")
+        _check(ro.is_cap > 0, "rollout.is_cap", f"must be > 0, got {ro.is_cap}")
+        _check(ro.is_level in ("token", "sequence"), "rollout.is_level",
+               f"must be token or sequence, got {ro.is_level!r}")
+        _check(not (ro.engine == "vllm" and ro.behaviour_logprobs == "engine" and (ro.top_p < 1 or ro.top_k > 0)),
+               "rollout.top_p/top_k", "vLLM renormalises its log-probs over the top-p / top-k tokens, which the "
+               "trainer's do not: use top_p=1, top_k=0 with rollout.behaviour_logprobs=engine")
+        _check(0 < ro.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization",
+               f"must be in (0, 1], got {ro.gpu_memory_utilization}")
+        _check(ro.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
+        _check(ro.max_model_len is None or ro.max_model_len > ro.max_new_tokens, "rollout.max_model_len",
+               f"must exceed rollout.max_new_tokens ({ro.max_new_tokens})")
+        _check(ro.kv_cache_gb is None or ro.kv_cache_gb > 0, "rollout.kv_cache_gb", "must be > 0")
+        _check(ro.dtype in (None, "float32", "bfloat16", "float16"), "rollout.dtype",
+               f"must be float32, bfloat16 or float16, got {ro.dtype!r}")
         _check(self.model.dtype in ("float32", "bfloat16"), "model.dtype", f"must be float32 or bfloat16, got {self.model.dtype!r}")
         _check(ro.top_k >= 0, "rollout.top_k", f"must be >= 0 (0 turns it off), got {ro.top_k}")
         _check(ro.max_batch_size >= 1, "rollout.max_batch_size", f"must be >= 1, got {ro.max_batch_size}")

@@ -482,7 +482,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: cuda when available)')
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences generated at once")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences generated at once (engine hf)")
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                        help="rollout engine: hf (transformers, in-process) or vllm (needs vLLM, see README)")
     parser.add_argument(
         "--instruction",
         default=DEFAULT_INSTRUCTION,
@@ -502,7 +504,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
     from remix_rft.models import load_model, load_tokenizer
     from remix_rft.rewards import build_reward
-    from remix_rft.rollout import HFRolloutEngine
+    from remix_rft.rollout import build_engine
 
     samples = 1 if args.samples is None else args.samples
     for name, value, low in (
@@ -535,7 +537,8 @@ def eval_command(args: argparse.Namespace) -> int:
         print(f"[eval] {args.model}: evaluating the policy in {model_path}", file=sys.stderr)
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, dtype=args.dtype, device=device)
-    engine = HFRolloutEngine(model, tokenizer, max_batch_size=args.batch_size)
+    engine = build_engine(args.engine, model, tokenizer, max_batch_size=args.batch_size,
+                          **({"seed": args.seed} if args.engine == "vllm" else {}))
     greedy = args.samples is None  # --samples K (even K = 1) asks for sampling at --temperature / --top-p
     sampling = SamplingParams(
         max_new_tokens=args.max_new_tokens,
@@ -557,13 +560,15 @@ def eval_command(args: argparse.Namespace) -> int:
             system_prompt=args.system_prompt,
         )
     finally:
-        close = getattr(reward, "close", None)  # the math reward owns verifier worker processes
-        if close is not None:
-            close()
+        for owner in (reward, engine):  # the math reward owns verifier worker processes; vLLM its memory
+            close = getattr(owner, "close", None)
+            if close is not None:
+                close()
     report.config = {
         "model": str(args.model),
         "model_path": model_path,
         "benchmarks": ",".join(names),
+        "engine": args.engine,
         "data_dir": data_dir,
         "limit": args.limit,
         "seed": args.seed,

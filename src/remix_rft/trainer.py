@@ -43,7 +43,7 @@ from remix_rft.models import autocast_context, load_model, load_tokenizer
 from remix_rft.perf import StepWork, peak_flops_per_s, throughput_metrics
 from remix_rft.references import FrozenReferences
 from remix_rft.rewards import build_reward
-from remix_rft.rollout import SamplingParams, build_engine
+from remix_rft.rollout import SamplingParams, build_engine, engine_options
 from remix_rft.schedule import StepPlan, build_schedule
 
 __all__ = ["PromptSampler", "TrainState", "Trainer", "comparison_table", "config_for_resume", "peak_rss_mb",
@@ -95,8 +95,8 @@ class Trainer:
         self.references = FrozenReferences(policy, cfg)
         self.critic = Critic(policy, cfg, self.device) if cfg.algorithm.name == "ppo" else None
         self.actor = Actor(policy, cfg)
-        self.engine = build_engine(cfg.rollout.engine, policy, self.tokenizer,
-                                   max_batch_size=cfg.rollout.max_batch_size, autocast_bf16=cfg.model.bf16)
+        self.engine = build_engine(cfg.rollout.engine, policy, self.tokenizer, **engine_options(cfg))
+        self._engine_weights_step: int | None = 0  # the step whose weights the engine holds (built from step 0's)
         self._peak_flops: float | None = None  # measured on first use (perf/mfu)
         self.reward = build_reward(cfg.reward.name, format_weight=cfg.reward.format_weight, timeout=cfg.reward.timeout,
                                    correct_reward=cfg.reward.correct_reward,
@@ -157,6 +157,9 @@ class Trainer:
         indices = self.prompts.next(plan.fresh_prompts)
         examples = self.prompts.examples
         t0 = time.perf_counter()
+        self._sync_engine()
+        times["weight_sync"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         rollouts = self.engine.generate([self.prompts.prompt(i) for i in indices], cfg.train.samples_per_prompt,
                                         self._sampling(step))
         times["generation"] = time.perf_counter() - t0
@@ -178,6 +181,8 @@ class Trainer:
         if cfg.rollout.behaviour_logprobs == "recompute":
             # when replayed, these groups must carry the behaviour log-probs they were trained with as fresh data
             experience.store_behaviour(fresh_groups, batch.behaviour_logp)
+        else:  # keep the engine's (true behaviour) log-probs, and the trainer's for the mismatch correction
+            experience.store_behaviour(fresh_groups, batch.proximal_logp, "trainer_logprobs")
 
         # 5. advantages
         experience.compute_advantages(cfg, batch, plan)
@@ -296,11 +301,18 @@ class Trainer:
             self.evaluate(self.state.step)
         return record
 
+    def _sync_engine(self) -> None:
+        """Push the policy's weights into an engine holding its own copy (vLLM), once per weight change."""
+        if self._engine_weights_step != self.state.step:
+            self.engine.update_weights(self.policy)
+            self._engine_weights_step = self.state.step
+
     def close(self) -> None:
         self.metrics.close()
-        close = getattr(self.reward, "close", None)
-        if close is not None:
-            close()
+        for owner in (self.reward, self.engine):  # verifier worker processes; a vLLM engine's memory
+            close = getattr(owner, "close", None)
+            if close is not None:
+                close()
 
 
 def run_training(config: Config, resume: Path | None = None,
