@@ -144,7 +144,7 @@ def final_answer(response: str, *, require_boxed: bool = False, max_chars: int =
         return None  # a last line of prose without a number or LaTeX states no answer ("I do not know.")
     if "=" in candidate:
         candidate = candidate.rsplit("=", 1)[1]
-    candidate = candidate.strip().rstrip(".,;!").strip()
+    candidate = candidate.strip().rstrip(".,;").strip()
     if not candidate:
         return None
     hedged = bool(_HEDGE_RE.search(candidate)) or bool(_NEGATION_RE.search(candidate))
@@ -165,7 +165,9 @@ def strip_answer(text: str) -> str:
     text = normalise_symbols(text).strip()
     for _ in range(4):  # a few layers: "$\\boxed{x = 3}$."
         before = text
-        text = text.strip().rstrip(".,;!").strip()
+        text = text.strip().rstrip(".,;").strip()
+        if text.endswith("!") and not re.search(r"[\d)}]!$", text):  # "67!" is a factorial, not an exclamation
+            text = text[:-1].strip()
         if text.startswith("$") and text.endswith("$") and len(text) > 1:
             text = text.strip("$").strip()
         wrapped = _WRAPPER_RE.match(text)
@@ -213,7 +215,8 @@ def parse_literal(text: str) -> Literal | None:
             return None
         value = Fraction(numerator, denominator) * (-1 if sign == "-" else 1)
         reduced = abs(numerator) != 0 and denominator > 1 and Fraction(abs(numerator), abs(denominator)).denominator == abs(denominator)
-        return Literal(value, "fraction", reduced, f"{value.numerator}/{value.denominator}")
+        spelling = f"{'-' if value < 0 else ''}{abs(numerator)}/{abs(denominator)}"  # as written, not reduced
+        return Literal(value, "fraction", reduced, spelling)
     return None
 
 
