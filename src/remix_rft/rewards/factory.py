@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from remix_rft.errors import ConfigError
+from remix_rft.rewards.answer_policy import STATUS_HEDGED, STATUS_NOT_LITERAL, STATUS_RESTATED
 from remix_rft.rewards.base import RewardFunction, Score
 from remix_rft.rewards.combined import CombinedReward
 from remix_rft.rewards.custom import CustomReward
 from remix_rft.rewards.format_reward import FormatReward
-from remix_rft.rewards.answer_policy import STATUS_HEDGED, STATUS_NOT_LITERAL, STATUS_RESTATED
 from remix_rft.rewards.math_reward import MathReward
 from remix_rft.rewards.verifier import DEFAULT_TIMEOUT, STATUS_ERROR, STATUS_NO_ANSWER, STATUS_TIMEOUT
 

@@ -29,7 +29,7 @@ from typing import Any
 from remix_rft.data.types import Example
 from remix_rft.rewards.answer_policy import copies_problem_operation, final_answer, parse_literal
 from remix_rft.rewards.base import RewardFunction, Score
-from remix_rft.rewards.math_reward import gold_answers
+from remix_rft.rewards.math_reward import MathReward, gold_answers
 
 # signal -> (threshold, direction): trips when the value is above ("max") / below ("min") the threshold
 DEFAULT_THRESHOLDS: dict[str, float] = {
@@ -243,8 +243,6 @@ class HackingMonitor:
 def build_hacking_monitor(reward_config: Any, training_reward: RewardFunction, seed: int = 0) -> HackingMonitor:
     """The monitor for a run's `reward` config section. The audit grader is a strict `MathReward` (its own lazily
     started worker) unless the training reward's correctness already comes from a strict one."""
-    from remix_rft.rewards.math_reward import MathReward
-
     primary = getattr(training_reward, "primary", training_reward)
     audit = None
     if not (isinstance(primary, MathReward) and primary.grader in ("strict", "auto")):

@@ -21,7 +21,7 @@ from decimal import Decimal
 
 from remix_rft.data.loaders import BENCHMARKS, gsm8k_final_answer, last_boxed_content
 from remix_rft.data.types import Example, GroundTruth
-from remix_rft.rewards.answer_policy import STATUS_RESTATED, THINK_END, answer_region, judge
+from remix_rft.rewards.answer_policy import STATUS_RESTATED, answer_region, judge
 from remix_rft.rewards.base import Score
 from remix_rft.rewards.verifier import DEFAULT_TIMEOUT, STATUS_NO_ANSWER, VerifierPool
 
