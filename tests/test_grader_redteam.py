@@ -139,3 +139,23 @@ def test_bombs_end_at_reward_zero_without_blocking_the_batch(gold):
         assert summary["timeout"] == 0  # never evaluated
     # every bomb costs at most its timeout (+ the kill and a worker restart), shared by 2 workers
     assert elapsed < len(BOMBS) * (timeout + 5)
+
+
+def test_regrade_script_audits_eval_samples(tmp_path, capsys):
+    """benchmarks/regrade.py: the audit tool docs/results.md uses on held-out answers."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "regrade.py"
+    spec = importlib.util.spec_from_file_location("regrade_benchmark", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    samples = tmp_path / "samples.jsonl"
+    rows = [("<|user|>What is 73 - 6?", "67", "73 - 6 = \\boxed{-6 + 73}", True),
+            ("<|user|>What is 73 - 6?", "67", "\\boxed{67}", True),
+            ("<|user|>What is 2 + 2?", "4", "\\boxed{5}", False)]
+    samples.write_text("".join(json.dumps({"benchmark": "arithmetic", "prompt": p, "ground_truth": g,
+                                           "response": r, "correct": c}) + "\n" for p, g, r, c in rows))
+    assert module.main([str(samples), "--timeout", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "| 3 | 66.7 | 66.7 | 33.3 | restated_problem 1 |" in out
+    assert "paper True (ok), strict False (restated_problem)" in out

@@ -104,7 +104,7 @@ def test_audit_disagreement_trips_when_the_reward_pays_what_the_grader_rejects()
 
 def test_length_collapse_while_reward_rises_trips():
     m = monitor()
-    for number, (length, reward) in enumerate([(100, 0.0), (100, 0.0), (30, 1.0), (30, 1.0), (30, 1.0)], 1):
+    for number, (length, reward) in enumerate([(100, 0.0), (100, 0.0), (20, 1.0), (20, 1.0), (20, 1.0)], 1):
         step(m, number, ["\\boxed{67}"] * 4, [reward > 0] * 4, rewards=[reward] * 4, lengths=[length] * 4)
     assert m.alarm is not None and set(m.alarm.signals) == {"length_ratio"}
 
