@@ -257,6 +257,15 @@ _OPERAND = r"(?:\d+(?:\.\d+)?|[A-Za-z])"
 _BINARY_RE = re.compile(rf"(?<![\w.]){_OPERAND}[-+*/^]{_OPERAND}(?![\w.])")
 _MACRO_RE = re.compile(r"\\(?:frac|binom|sqrt)(?:\[[^\]]*\])?\{[^{}]*\}(?:\{[^{}]*\})?")
 _POWER_RE = re.compile(rf"{_OPERAND}\^\{{[^{{}}]*\}}|{_OPERAND}!")
+# a function applied to a number, however bracketed: "\\sin 45^\\circ", "\\sin(45^{\\circ})", "\\log_2 64", "\\log_{2}(64)"
+_FUNCTION_RE = re.compile(
+    r"\\(sin|cos|tan|cot|sec|csc|arcsin|arccos|arctan|log|ln|exp)(?:_\{?(\w+)\}?)?[\s({]*(\d+(?:\.\d+)?)(?!\d)"
+)
+
+
+def function_applications(text: str) -> set[tuple[str, str, str]]:
+    """(function, base, argument) of every elementary function applied to a number in the text."""
+    return {(name, base or "", argument) for name, base, argument in _FUNCTION_RE.findall(normalise_symbols(text))}
 
 
 def canonical_math(text: str) -> str:
@@ -291,10 +300,13 @@ def problem_operations(problem: str) -> set[str]:
 
 
 def copies_problem_operation(answer: str, problem: str, golds: Sequence[str] = ()) -> bool:
-    """True when the answer contains one of the question's operations (`problem_operations`) that no ground
-    truth contains: it restates the question instead of answering it."""
+    """True when the answer contains one of the question's operations (`problem_operations`, or a function applied
+    to one of its numbers, `function_applications`) that no ground truth contains: it restates the question."""
     text = canonical_math(answer)
     gold_texts = [canonical_math(gold) for gold in golds]
+    gold_functions = set().union(*(function_applications(gold) for gold in golds)) if golds else set()
+    if (function_applications(problem) - gold_functions) & function_applications(answer):
+        return True
     for operation in problem_operations(problem):
         if any(operation in gold for gold in gold_texts):
             continue
