@@ -34,10 +34,12 @@ _MINUS_SIGNS = "\u2212\u2012\u2013\u2014\ufe63\uff0d"
 _TIMES_SIGNS = "\u00d7\u22c5\u00b7\u2217\u2715\u2716"
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANCHOR_RE = re.compile(
-    r"(?:final\s+answer|the\s+answer|answer|result)\s*(?:is|:|=|equals|would\s+be|will\s+be)\s*"
+    r"(?:final\s+answer|the\s+answer|answer|result)\s*(?:is|:|=|equals|would\s+be|will\s+be)(?:\s*:)?\s*"
     r"|(?:final\s+answer|answer|result)\s+is\s*n[o']?t\b|answer\s+isn't\b|####\s*",
     re.IGNORECASE,
 )
+# markdown emphasis around words ("**Answer:** **67**"), not a Python-style power ("2**10")
+_EMPHASIS_RE = re.compile(r"(?<![\w)])(\*\*|__)(?=\S)(.+?)(?<=\S)\1(?![\w(])")
 _NEGATED_ANCHOR_RE = re.compile(r"n[o']?t\b|isn't\b", re.IGNORECASE)
 _NEGATION_RE = re.compile(r"^(?:not|never|n't|no)\b|\\neq|\\ne\b|\u2260|\\not", re.IGNORECASE)
 _CONNECTIVE_RE = re.compile(r"[\s$.,;/|]*(?:(?:or|and|,|/|\\lor|\\text\{\s*or\s*\})[\s$.,;]*)?", re.IGNORECASE)
@@ -118,6 +120,7 @@ def final_answer(response: str, *, require_boxed: bool = False, max_chars: int =
         return FinalAnswer(content.strip(), boxed=True, hedged=hedged)
     if require_boxed:
         return None
+    region = _EMPHASIS_RE.sub(r"\2", region)
     anchors = list(_ANCHOR_RE.finditer(region))
     if anchors:
         anchor = anchors[-1]
