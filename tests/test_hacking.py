@@ -185,3 +185,15 @@ def test_lenient_custom_reward_trips_the_alarm_on_the_tiny_model(tmp_path, stop,
         assert (trainer.run_dir / "checkpoints").is_dir() and trainer.state.step == 2
     else:
         assert trainer.stop_reason is None and len(train) == 4 and len(events) == 3  # warns on every step
+
+
+def test_config_keys_are_validated():
+    from remix_rft.config import ConfigError
+
+    config = load_config("quickstart", ["reward.hacking_thresholds={length_ratio: 0.3}", "reward.grader=paper"])
+    assert config.reward.hacking_thresholds == {"length_ratio": 0.3} and config.reward.grader == "paper"
+    for override, key in (("reward.grader=lenient", "reward.grader"),
+                          ("reward.hacking_thresholds={typo: 1}", "reward.hacking_thresholds"),
+                          ("reward.hacking_patience=0", "reward.hacking_patience")):
+        with pytest.raises(ConfigError, match=key):
+            load_config("quickstart", [override])
