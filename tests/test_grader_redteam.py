@@ -116,6 +116,12 @@ BOMBS = [
     "\\boxed{10^{10^{10^{10}}} - 10^{10^{10^{10}}} + 3}",
     "\\boxed{" + "{" * 20000,
     "$1 + {2 * (3" * 50_000,
+    # regex bombs for the answer extraction itself (each would be quadratic with a naive pattern)
+    "it is " * 4000,
+    "**a " * 6000,
+    "\\boxed{" + " " * 20000 + "x}",
+    "The answer is " + "a, bb " * 3000 + ")",
+    "$" + "\\(" * 5000,
 ]
 
 

@@ -39,14 +39,18 @@ _ANCHOR_RE = re.compile(
     re.IGNORECASE,
 )
 # markdown emphasis around words ("**Answer:** **67**"), not a Python-style power ("2**10")
-_EMPHASIS_RE = re.compile(r"(?<![\w)])(\*\*|__)(?=\S)(.+?)(?<=\S)\1(?![\w(])")
+_EMPHASIS_RE = re.compile(r"(?<![\w)])(\*\*|__)(?=\S)(.{1,200}?)(?<=\S)\1(?![\w(])")
 _NEGATED_ANCHOR_RE = re.compile(r"n[o']?t\b|isn't\b", re.IGNORECASE)
 _NEGATION_RE = re.compile(r"^(?:not|never|n't|no)\b|\\neq|\\ne\b|\u2260|\\not", re.IGNORECASE)
 _CONNECTIVE_RE = re.compile(r"[\s$.,;/|]*(?:(?:or|and|,|/|\\lor|\\text\{\s*or\s*\})[\s$.,;]*)?", re.IGNORECASE)
 _HEDGE_RE = re.compile(r"\bor\b|\beither\b|\\lor\b|\bmaybe\b|\bperhaps\b", re.IGNORECASE)
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)|\n|;\s|,\s+(?=[A-Za-z]{2,}\b)(?![^()\[\]{}]*[)\]}])")
 _INLINE_MATH_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
-_LAST_IS_RE = re.compile(r"(?:^|\s)(?:is|equals|are|gives|=)\s+(?!.*\s(?:is|equals|are|gives|=)\s)(.+)$")
+_IS_RE = re.compile(r"(?:^|\s)(?:is|equals|are|gives|=)\s+")
+# Every pattern here runs on model output: they are linear, or run on bounded text (no catastrophic backtracking).
+MAX_STATEMENT_CHARS = 500  # an explicit final statement is read this far after its anchor
+MAX_LINE_CHARS = 2_000  # the tail of the last line that is read for a final answer
+MAX_LITERAL_CHARS = 300  # longer answers are never literals
 _SPACING_RE = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\\left|\\right|\\displaystyle|\\mathrm\{\s*\}")
 _WRAPPER_RE = re.compile(r"^\\(?:boxed|fbox|text|textbf|mathrm|mathbf|mbox)\s*\{(.*)\}$", re.DOTALL)
 _VARIABLE_PREFIX_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*(?:=|:)\s*")
@@ -124,7 +128,7 @@ def final_answer(response: str, *, require_boxed: bool = False, max_chars: int =
     anchors = list(_ANCHOR_RE.finditer(region))
     if anchors:
         anchor = anchors[-1]
-        statement = _statement_end(region[anchor.end() :]).strip()
+        statement = _statement_end(region[anchor.end() : anchor.end() + MAX_STATEMENT_CHARS]).strip()
         negated = bool(_NEGATED_ANCHOR_RE.search(anchor.group(0))) or bool(_NEGATION_RE.search(statement))
         if not statement:
             return None
@@ -132,16 +136,16 @@ def final_answer(response: str, *, require_boxed: bool = False, max_chars: int =
     lines = [line.strip() for line in region.strip().splitlines() if line.strip()]
     if not lines:
         return None
-    line = lines[-1]
+    line = lines[-1][-MAX_LINE_CHARS:]
     maths = list(_INLINE_MATH_RE.finditer(line))
     if maths:
         candidate = next(group for group in maths[-1].groups() if group is not None)
     said = None
     if not maths:
         candidate = line
-        said = _LAST_IS_RE.search(candidate)
+        said = next(reversed(list(_IS_RE.finditer(candidate))), None)  # the last "is" / "=" of the line
         if said:
-            candidate = said.group(1)
+            candidate = candidate[said.end() :]
     candidate = candidate.strip()
     if not maths and not said and not re.search(r"[\d\\]", candidate) and len(candidate.split()) > 1:
         return None  # a last line of prose without a number or LaTeX states no answer ("I do not know.")
@@ -191,6 +195,8 @@ def strip_answer(text: str) -> str:
 def parse_literal(text: str) -> Literal | None:
     """A number written as a literal (integer, decimal, fraction, percentage; possibly negative, with thousands
     separators), or None for anything else, an expression with an operator in particular. Never evaluates."""
+    if len(text) > MAX_LITERAL_CHARS:
+        return None
     text = strip_answer(text)
     if text.startswith("(") and text.endswith(")") and text.count("(") == 1:
         text = text[1:-1].strip()  # "(67)" but not a tuple or "(73 - 6)", which fail below
