@@ -104,6 +104,7 @@ class TrainingState:
     buffer: ReplayBuffer
     prompts: TrainingPrompts
     tokenizer: Any
+    hacking: Any = None  # the reward-hacking monitor (rewards/hacking.py): its history and streaks
 
 
 def rng_state() -> dict[str, Any]:
@@ -136,7 +137,8 @@ def write_training_state(directory: Path, training: TrainingState, phase: str) -
     torch.save(training.buffer.state_dict(), directory / "buffer.pt")
     counters = {"step": state.step, "rollouts_total": state.rollouts_total, "tokens_total": state.tokens_total,
                 "reincarnated": state.reincarnated}
-    torch.save({**counters, "sampler": training.prompts.state_dict(), "rng": rng_state()},
+    hacking = training.hacking.state_dict() if training.hacking is not None else {}
+    torch.save({**counters, "sampler": training.prompts.state_dict(), "rng": rng_state(), "hacking": hacking},
                directory / "trainer_state.pt")
     (directory / "trainer_state.json").write_text(json.dumps({**counters, "phase": phase}, indent=2))
 
@@ -161,6 +163,8 @@ def read_training_state(directory: Path, training: TrainingState, dtype: str) ->
         training.critic.load_state_dict({"optimizer": optim["critic_optimizer"]})
     training.buffer.load_state_dict(torch.load(directory / "buffer.pt", weights_only=False))
     training.prompts.load_state_dict(trainer_state["sampler"])
+    if training.hacking is not None:
+        training.hacking.load_state_dict(trainer_state.get("hacking", {}))
     restore_rng_state(trainer_state["rng"])
     return TrainState(step=trainer_state["step"], rollouts_total=trainer_state["rollouts_total"],
                       tokens_total=trainer_state["tokens_total"], reincarnated=trainer_state["reincarnated"])

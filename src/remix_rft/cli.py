@@ -146,8 +146,8 @@ def train_command(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config.to_yaml())
         return 0
-    run_training(config, resume=resume_dir)
-    return 0
+    trainer = run_training(config, resume=resume_dir)
+    return 3 if trainer.stop_reason is not None else 0  # 3: ended by the reward-hacking alarm
 
 
 def build_parser() -> argparse.ArgumentParser:

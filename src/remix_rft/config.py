@@ -141,6 +141,12 @@ class RewardConfig:
     require_boxed: bool = False
     num_workers: int = 1
     custom: str | None = None  # package.module:function
+    grader: str = "auto"  # strict | paper | auto (paper protocol on the paper's five benchmarks, strict elsewhere)
+    stop_on_hacking: bool = False  # end the run (checkpoint kept) when the reward-hacking alarm trips
+    hacking_audit_samples: int = 64  # responses a step the strict audit grader regrades
+    hacking_patience: int = 2  # consecutive steps a signal must trip before the alarm
+    hacking_min_responses: int = 8  # rewarded responses a share signal needs before it can trip
+    hacking_thresholds: dict[str, float] = field(default_factory=dict)  # overrides, see rewards/hacking.py
 
 
 @dataclass
@@ -286,6 +292,16 @@ class Config:
         _check(rw.format_weight >= 0, "reward.format_weight", f"must be >= 0, got {rw.format_weight}")
         _check(self.eval.limit is None or self.eval.limit >= 1, "eval.limit", f"must be >= 1 or null, got {self.eval.limit}")
         _check(self.eval.temperature > 0, "eval.temperature", f"must be > 0, got {self.eval.temperature}")
+        _check(rw.grader in ("strict", "paper", "auto"), "reward.grader",
+               f"must be strict, paper or auto, got {rw.grader!r}")
+        _check(rw.hacking_audit_samples >= 0, "reward.hacking_audit_samples", "must be >= 0")
+        _check(rw.hacking_patience >= 1, "reward.hacking_patience", "must be >= 1")
+        _check(rw.hacking_min_responses >= 1, "reward.hacking_min_responses", "must be >= 1")
+        from remix_rft.rewards.hacking import DEFAULT_THRESHOLDS
+
+        unknown = sorted(set(rw.hacking_thresholds) - set(DEFAULT_THRESHOLDS))
+        _check(not unknown, "reward.hacking_thresholds",
+               f"unknown signal(s) {unknown}; known: {', '.join(DEFAULT_THRESHOLDS)}")
         _check(self.eval.samples >= 1, "eval.samples", "must be >= 1")
         _check(self.eval.every >= 0, "eval.every", "must be >= 0")
         _check(self.checkpoint.every >= 0 and self.checkpoint.keep >= 1, "checkpoint", "every >= 0 and keep >= 1")

@@ -480,6 +480,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-dir", type=Path, default=None, help="where results go (default: runs/eval-<timestamp>)"
     )
+    parser.add_argument(
+        "--grader",
+        choices=("auto", "strict", "paper"),
+        default="auto",
+        help="answer grading: the paper's protocol (math-verify) or the strict answer policy; auto (default): "
+        "paper on the paper's five benchmarks, strict elsewhere (README, 'Grading')",
+    )
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: cuda when available)')
     parser.add_argument("--batch-size", type=int, default=16, help="sequences generated at once (engine hf)")
@@ -547,7 +554,7 @@ def eval_command(args: argparse.Namespace) -> int:
         greedy=greedy,
         seed=args.seed,
     )
-    reward = build_reward()
+    reward = build_reward(grader=args.grader)
     try:
         report = evaluate(
             engine,
@@ -572,6 +579,7 @@ def eval_command(args: argparse.Namespace) -> int:
         "data_dir": data_dir,
         "limit": args.limit,
         "seed": args.seed,
+        "grader": args.grader,
         "dtype": args.dtype,
         "device": device,
         **report.config,
@@ -585,7 +593,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 def comparison_table(before, after, fmt: str = "text") -> str:
     """Held-out Pass@1 before vs after training, per benchmark and averaged."""
-    before_rows, after_rows = _pass_at_1(before), _pass_at_1(after)
+    before_rows, after_rows = pass_at_1_by_benchmark(before), pass_at_1_by_benchmark(after)
     header = ["benchmark", "pass@1 before", "pass@1 after", "change"]
     rows = []
     for name in after_rows:
@@ -599,7 +607,8 @@ def comparison_table(before, after, fmt: str = "text") -> str:
     return "\n".join([fmt_row(*header), fmt_row(*["-" * w for w in widths])] + [fmt_row(*row) for row in rows])
 
 
-def _pass_at_1(report) -> dict[str, float]:
+def pass_at_1_by_benchmark(report) -> dict[str, float]:
+    """Benchmark name (and "average") -> Pass@1 of an `EvalReport`; {} for None."""
     if report is None:
         return {}
     metrics = report.metrics(prefix="eval")

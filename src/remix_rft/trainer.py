@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -37,12 +38,19 @@ from remix_rft.critic import Critic
 from remix_rft.data.sampler import PromptSampler, TrainingPrompts
 from remix_rft.data.types import Example
 from remix_rft.errors import ConfigError, PathNotFoundError
-from remix_rft.evaluation import build_eval_sets, comparison_table, evaluate, report_before_after
+from remix_rft.evaluation import (
+    build_eval_sets,
+    comparison_table,
+    evaluate,
+    pass_at_1_by_benchmark,
+    report_before_after,
+)
 from remix_rft.metrics import MetricsLogger, peak_memory_mb, peak_rss_mb, step_summary, truncate_metrics_after
 from remix_rft.models import autocast_context, load_model, load_tokenizer
 from remix_rft.perf import StepWork, peak_flops_per_s, throughput_metrics
 from remix_rft.references import FrozenReferences
 from remix_rft.rewards import build_reward
+from remix_rft.rewards.hacking import build_hacking_monitor
 from remix_rft.rollout import SamplingParams, build_engine, engine_options
 from remix_rft.schedule import StepPlan, build_schedule
 
@@ -102,7 +110,9 @@ class Trainer:
                                    correct_reward=cfg.reward.correct_reward,
                                    incorrect_reward=cfg.reward.incorrect_reward,
                                    require_boxed=cfg.reward.require_boxed, num_workers=cfg.reward.num_workers,
-                                   custom=cfg.reward.custom)
+                                   custom=cfg.reward.custom, grader=cfg.reward.grader)
+        self.hacking = build_hacking_monitor(cfg.reward, self.reward, seed=cfg.train.seed)
+        self.stop_reason: str | None = None  # set when the reward-hacking alarm ends the run
         self.schedule = build_schedule(cfg)
         self.buffer = ReplayBuffer(cfg.remix.history_window, seed=cfg.train.seed)
         self.state = TrainState()
@@ -139,7 +149,7 @@ class Trainer:
 
     def _training_state(self) -> TrainingState:
         return TrainingState(state=self.state, actor=self.actor, critic=self.critic, references=self.references,
-                             buffer=self.buffer, prompts=self.prompts, tokenizer=self.tokenizer)
+                             buffer=self.buffer, prompts=self.prompts, tokenizer=self.tokenizer, hacking=self.hacking)
 
     # ------------------------------------------------------------------------------------------------ one step
     def train_step(self, step: int) -> dict[str, Any]:
@@ -210,6 +220,9 @@ class Trainer:
 
         record = experience.step_record(step, plan, rollouts, scores, batch, replay_groups, self.state)
         record.update({"buffer/groups": len(self.buffer), "lr": self.actor.lr, **pass_metrics, **update_metrics})
+        record.update(self.hacking.observe_step(step, [r.text for r in rollouts],
+                                                [examples[indices[r.prompt_index]] for r in rollouts], scores,
+                                                [len(r.response_ids) for r in rollouts]))
         record.update({f"time/{k}": v for k, v in times.items()})
         record.update(throughput_metrics(self._step_work(batch, rollouts, plan), times, self._peak()))
         record.update(peak_memory_mb(self.device))
@@ -260,6 +273,7 @@ class Trainer:
         record.update(report.metrics(prefix="eval"))
         self.metrics.log(record)
         self.eval_history.append((step, report))
+        self.hacking.observe_eval(step, pass_at_1_by_benchmark(report))
         report.write(self.run_dir / "eval" / f"step_{step:06d}")
         return report
 
@@ -283,18 +297,28 @@ class Trainer:
             record = self.train_step(step)
             self.metrics.log(record)
             summary = step_summary(record, cfg.train.steps)
+            alarm = self.hacking.alarm
+            if alarm is not None:
+                summary += f"  WARNING {alarm.message}"
+                self.metrics.log(alarm.event())
             if cfg.logging.progress:
                 progress.set_postfix(reward=f"{record['reward/mean']:.3f}", rollouts=record["rollouts/total"])
                 tqdm.write(summary)
             else:
-                logger.info(summary)
+                (logger.info if alarm is None else logger.warning)(summary)
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
                 self.evaluate(step)
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
                 self.save()
             if self.on_step_end is not None:
                 self.on_step_end(self, record)
+            if alarm is not None and cfg.reward.stop_on_hacking:
+                self.stop_reason = f"stopped (reward.stop_on_hacking): {alarm.message}"
+                logger.error("%s; checkpoint saved in %s", self.stop_reason, self.save())
+                break
         progress.close()
+        if self.stop_reason is not None:
+            return record
         if cfg.checkpoint.save_final:
             self.save()
         if cfg.eval.after_training and cfg.eval.benchmarks:
@@ -309,6 +333,7 @@ class Trainer:
 
     def close(self) -> None:
         self.metrics.close()
+        self.hacking.close()
         for owner in (self.reward, self.engine):  # verifier worker processes; a vLLM engine's memory
             close = getattr(owner, "close", None)
             if close is not None:
@@ -330,6 +355,8 @@ def run_training(config: Config, resume: Path | None = None,
     finally:
         trainer.close()
     report_before_after(trainer.eval_history, trainer.run_dir, trainer.state.rollouts_total)
+    if trainer.stop_reason is not None:
+        print(f"\n{trainer.stop_reason}", file=sys.stderr)
     print(f"run directory: {trainer.run_dir}")
     return trainer
 
