@@ -40,7 +40,7 @@ def run_setup(name: str, nproc: int | None, args: argparse.Namespace) -> dict:
     overrides = [f"model.name={args.model}", f"model.device={'cuda' if args.gpu else 'cpu'}",
                  f"train.steps={args.steps}", f"train.prompts_per_step={args.prompts}",
                  f"train.samples_per_prompt={args.samples}", f"train.minibatch_size={args.prompts * args.samples // 2}",
-                 f"rollout.max_new_tokens={args.max_new_tokens}", f"model.autocast_bf16={str(args.bf16).lower()}",
+                 f"rollout.max_new_tokens={args.max_new_tokens}", f"model.dtype={'bfloat16' if args.bf16 else 'float32'}",
                  "eval.before_training=false", "eval.after_training=false", "checkpoint.every=0",
                  "checkpoint.save_final=false", "logging.progress=false", "logging.tensorboard=false",
                  f"logging.output_dir={args.out}", f"logging.run_name={name}", *args.overrides]
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast / FSDP2 bf16 compute, float32 reduction")
+    parser.add_argument("--bf16", action="store_true", help="model.dtype=bfloat16: fp32 masters, bf16 autocast / FSDP2 bf16 compute, float32 reduction")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process (OMP_NUM_THREADS)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="more config overrides")
     args = parser.parse_args(argv)

@@ -381,7 +381,8 @@ def run_trl_grpo(config: Config, run_dir: Path) -> Path:
     rc = config.reward
     reward = build_reward(rc.name, format_weight=rc.format_weight, timeout=rc.timeout,
                           correct_reward=rc.correct_reward, incorrect_reward=rc.incorrect_reward,
-                          require_boxed=rc.require_boxed, num_workers=rc.num_workers, custom=rc.custom)
+                          require_boxed=rc.require_boxed, num_workers=rc.num_workers, custom=rc.custom,
+                          grader=rc.grader)
     examples = load_train_examples(config)
     dataset = build_prompt_dataset(config, tokenizer, examples)
     reward_fn = TRLReward(reward, examples)

@@ -25,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def pytest_configure(config: pytest.Config) -> None:
     # Also declared in pyproject.toml; repeated so the marker is known when pytest runs with another config file.
     config.addinivalue_line("markers", "slow: runs on the real embedded SmolLM2 model (smoke tests)")
+    config.addinivalue_line("markers", "vllm: needs vLLM (the .venv-vllm venv of scripts/setup_vllm.sh)")
 
 
 @pytest.fixture(scope="session")

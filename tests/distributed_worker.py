@@ -46,8 +46,11 @@ def main(mode: str, out: Path, overrides: list[str]) -> None:
 
         weights = get_model_state_dict(trainer.policy, options=StateDictOptions(full_state_dict=True,
                                                                                 cpu_offload=True))
+        references = trainer.references.reference
+        dtypes = {"policy": {str(p.dtype) for p in trainer.policy.parameters()},
+                  "reference": {str(p.dtype) for p in references.parameters()} if references is not None else set()}
         if trainer.dist.is_main:
-            torch.save({"shares": shares, "weights": weights}, out / "step.pt")
+            torch.save({"shares": shares, "weights": weights, "dtypes": dtypes}, out / "step.pt")
         trainer.close()
         return
     if mode == "crash":

@@ -155,3 +155,64 @@ def test_token_values_read_positions_and_micro_batching(tiny_model):
     assert torch.allclose(values, everywhere[:, P - 1 : P + R - 1] * batch.response_mask, atol=1e-5)
     assert (micro - values).abs().max() < 1e-5
     assert torch.all(values[batch.response_mask == 0] == 0)
+
+
+def _grads_of(model, batch, chunk_tokens, temperature, weights):
+    model.zero_grad(set_to_none=True)
+    logp, entropy = token_logprobs(model, batch, temperature, with_entropy=True, chunk_tokens=chunk_tokens)
+    ((logp * weights[0]).sum() + (entropy * weights[1]).sum()).backward()
+    return logp.detach(), entropy.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_logprobs_equal_plain_path_in_values_and_gradients(tiny_model, temperature):
+    """The lean path (head on response tokens, 3 at a time, recomputed in backward) vs the plain full-logits path:
+    same log-probs, entropies and parameter gradients (through both the log-prob and the entropy terms)."""
+    tiny_model.train()
+    prompts, responses = random_rows(seed=5, rows=6)
+    batch = collate(prompts, responses, PAD)
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.randn(2, *batch.response_ids.shape, generator=generator)
+    plain = _grads_of(tiny_model, batch, None, temperature, weights)
+    lean = _grads_of(tiny_model, batch, 3, temperature, weights)
+    assert torch.allclose(lean[0], plain[0], atol=1e-5) and torch.allclose(lean[1], plain[1], atol=1e-5)
+    for name, grad in plain[2].items():
+        scale = grad.abs().max().clamp(min=1e-6)
+        assert (lean[2][name] - grad).abs().max() / scale < 1e-4, name
+
+
+def test_chunked_logprobs_under_bf16_autocast_match_plain_path(tiny_model):
+    prompts, responses = random_rows(seed=6, rows=5)
+    batch = collate(prompts, responses, PAD)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        lean, lean_entropy = token_logprobs(tiny_model, batch, with_entropy=True, chunk_tokens=4)
+        plain, plain_entropy = token_logprobs(tiny_model, batch, with_entropy=True, chunk_tokens=None)
+    # both run the head's matmul in bf16 on the same bf16 inputs; only the summation order differs
+    assert (lean - plain).abs().max() < 2e-2 and (lean_entropy - plain_entropy).abs().max() < 2e-2
+
+
+def test_chunked_logprobs_function_against_log_softmax():
+    from remix_rft.logprobs import chunked_logprobs
+
+    generator = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(8, 11, bias=True)
+    hidden = torch.randn(7, 8, generator=generator, requires_grad=True)
+    targets = torch.randint(0, 11, (7,), generator=generator)
+    logp, entropy = chunked_logprobs(hidden, head, targets, temperature=0.5, chunk_tokens=2, with_entropy=True)
+    log_softmax = torch.log_softmax(head(hidden) / 0.5, dim=-1)
+    expected = log_softmax.gather(-1, targets[:, None]).squeeze(-1)
+    expected_entropy = -(log_softmax.exp() * log_softmax).sum(-1)
+    assert torch.allclose(logp, expected, atol=1e-6) and torch.allclose(entropy, expected_entropy, atol=1e-6)
+    ours = torch.autograd.grad((logp * 2 + entropy * 3).sum(), [hidden, head.weight, head.bias])
+    theirs = torch.autograd.grad((expected * 2 + expected_entropy * 3).sum(), [hidden, head.weight, head.bias])
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_lean_head_only_for_plain_linear_heads(tiny_model):
+    from remix_rft.logprobs import lean_head
+
+    assert lean_head(tiny_model) is tiny_model.lm_head
+    tiny_model.config.final_logit_softcapping = 30.0  # Gemma-2 style: the head's output is transformed
+    assert lean_head(tiny_model) is None
+    assert lean_head(torch.nn.Linear(2, 2)) is None

@@ -101,3 +101,15 @@ def test_yaml_round_trip(tmp_path):
 def test_gae_requires_ppo():
     with pytest.raises(ConfigError, match="algorithm.advantage_estimator"):
         load_config("remix-grpo", ["algorithm.advantage_estimator=gae"])
+
+
+def test_ppo_needs_gae_advantages():
+    with pytest.raises(ConfigError, match="algorithm.name=ppo trains a critic"):
+        load_config("remix-ppo", ["algorithm.advantage_estimator=grpo"])
+
+
+def test_kl_in_reward_needs_token_level_returns():
+    with pytest.raises(ConfigError, match="algorithm.kl_in_reward"):
+        load_config("remix-grpo", ["algorithm.kl_in_reward=true"])
+    load_config("remix-grpo", ["algorithm.kl_in_reward=true", "algorithm.kl_coef=0"])  # no KL at all: harmless
+    assert load_config("remix-ppo", ["algorithm.kl_in_reward=true"]).algorithm.kl_in_reward

@@ -42,11 +42,14 @@ def test_share_splits_whole_groups_evenly():
     assert shares == [(0, 3), (3, 6), (6, 8)]
 
 
-def test_two_processes_make_the_same_update_as_one(tmp_path):
-    """(a) One step on 2 ranks (FSDP2, gloo) = one process on the same global batch with the same rollouts."""
+@pytest.mark.parametrize("chunk_tokens", ["3", "null"])
+def test_two_processes_make_the_same_update_as_one(tmp_path, chunk_tokens):
+    """(a) One step on 2 ranks (FSDP2, gloo) = one process on the same global batch with the same rollouts, with
+    the chunked LM head (run as an FSDP forward method: it reads the gathered head weight) and the plain one."""
     overrides = ["grpo", "train.prompts_per_step=4", "train.samples_per_prompt=2", "train.minibatch_size=4",
                  "eval.before_training=false", "checkpoint.every=0", "algorithm.kl_coef=0.01",
-                 "algorithm.entropy_coef=0.01"]  # random tiny model: all rewards 0, the entropy term moves it
+                 "algorithm.entropy_coef=0.01",  # random tiny model: all rewards 0, the entropy term moves it
+                 f"train.logprob_chunk_tokens={chunk_tokens}"]
     torchrun(str(WORKER), "step", str(tmp_path / "two"), *overrides)
     saved = torch.load(tmp_path / "two" / "step.pt", weights_only=False)
     config = load_config(overrides[0], [*TINY, f"logging.output_dir={tmp_path / 'one'}", *overrides[1:]])
@@ -74,7 +77,7 @@ def test_two_processes_make_the_same_update_as_one(tmp_path):
 
 
 def _comparable(lines: list[dict]) -> list[dict]:
-    return [{k: v for k, v in line.items() if not k.startswith(("time/", "memory/"))} for line in lines]
+    return [{k: v for k, v in line.items() if not k.startswith(("time/", "memory/", "perf/"))} for line in lines]
 
 
 def test_remix_grpo_kill_and_resume_matches_uninterrupted_two_process_run(tmp_path):
@@ -113,3 +116,26 @@ def test_torchrun_cli_logs_world_size_and_global_rollouts(tmp_path):
     assert [line["rollouts/step"] for line in train] == [24, 24, 32, 32]  # 6 fresh prompts x 4 while mixing
     assert train[-1]["rollouts/total"] == 112
     assert [e["step"] for e in read_lines(tmp_path / "cli", "eval")] == [0, 4]
+
+
+def test_bf16_mixed_precision_under_fsdp2_keeps_float32_masters(tmp_path):
+    """model.dtype=bfloat16 on 2 ranks: FSDP2 computes in bf16 with fp32 sharded masters (the policy and its
+    optimizer), the frozen reference is stored in bf16, and the hacking monitor's state is in each rank's file."""
+    overrides = ["grpo", "train.steps=2", "train.prompts_per_step=2", "train.samples_per_prompt=2",
+                 "train.minibatch_size=4", "checkpoint.every=2", "model.dtype=bfloat16", "algorithm.kl_coef=0.01",
+                 "train.logprob_chunk_tokens=5", "eval.before_training=false", "eval.after_training=false"]
+    torchrun(str(WORKER), "step", str(tmp_path / "step"), *overrides)
+    assert torch.load(tmp_path / "step" / "step.pt", weights_only=False)["dtypes"] == {
+        "policy": {"torch.float32"}, "reference": {"torch.bfloat16"}}
+    torchrun(str(WORKER), "train", str(tmp_path), *overrides)
+    train = read_lines(tmp_path / "run", "train")
+    assert [line["step"] for line in train] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(line["entropy"])) for line in train)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_000002"
+    from safetensors.torch import load_file
+
+    exported = load_file(str(checkpoint / "policy" / "model.safetensors"))
+    assert {value.dtype for value in exported.values()} == {torch.float32}
+    for rank in range(2):
+        own = torch.load(checkpoint / f"rank_{rank:05d}.pt", weights_only=False)
+        assert "hacking" in own

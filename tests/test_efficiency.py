@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "efficiency.py"
 
@@ -19,19 +20,73 @@ def efficiency():
     return module
 
 
-def test_plan_covers_algorithms_ablations_and_sweep(efficiency):
-    specs = efficiency.plan_runs([0.5], ["no-utd", "no-klconvex", "no-reincarnation"],
-                                 ["grpo", "remix-grpo", "ppo", "remix-ppo", "trl-grpo"])
-    names = [s.name for s in specs]
-    assert names[:5] == ["grpo", "remix-grpo", "ppo", "remix-ppo", "trl-grpo"]
+def test_cpu_preset_plans_todays_study(efficiency):
+    preset = efficiency.load_preset("cpu")
+    specs = efficiency.plan_study(preset, sweep=[0.5], ablations=["no-utd", "no-klconvex", "no-reincarnation"],
+                                  runs=["grpo", "remix-grpo", "ppo", "remix-ppo", "trl-grpo"])
+    names = [s.run_dir for s in specs]
+    assert names == ["grpo", "remix-grpo", "ppo", "remix-ppo", "trl-grpo", "remix-grpo-no-utd",
+                     "remix-grpo-no-klconvex", "remix-grpo-no-reincarnation", "sweep-p0.5"]
     by_name = {s.name: s for s in specs}
-    assert by_name["remix-grpo-no-utd"].overrides == ["remix.updates_per_batch=1"]
-    assert by_name["remix-grpo-no-klconvex"].overrides == ["remix.kl_convex=false"]
-    assert by_name["remix-grpo-no-reincarnation"].overrides == ["remix.reincarnate_at=null"]
-    assert by_name["sweep-p0.5"].overrides == ["remix.offpolicy_fraction=0.5", "remix.reincarnate_at=null"]
-    assert by_name["trl-grpo"].engine == "trl"
+    shared = ["train.steps=12", "eval.every=4", "eval.limit=100", "checkpoint.save_final=false",
+              "logging.progress=false"]
+    assert by_name["remix-grpo-no-utd"].overrides == [*shared, "remix.updates_per_batch=1", "train.seed=0"]
+    assert by_name["sweep-p0.5"].overrides[-3:] == ["remix.offpolicy_fraction=0.5", "remix.reincarnate_at=null",
+                                                    "train.seed=0"]
+    assert by_name["trl-grpo"].engine == "trl" and all(s.config == "quickstart" for s in specs)
     with pytest.raises(SystemExit, match="unknown run"):
-        efficiency.plan_runs([], [], ["dpo"])
+        efficiency.plan_study(preset, runs=["dpo"])
+    with pytest.raises(SystemExit, match="unknown ablation"):
+        efficiency.plan_study(preset, ablations=["no-critic"])
+
+
+def test_quick_overrides_never_undo_what_a_run_is_about(efficiency):
+    preset = efficiency.load_preset("cpu")
+    specs = {s.name: s for s in efficiency.plan_study(preset, quick=True, user_overrides=["train.lr=1e-5"])}
+    # the quick variant reincarnates at step 1, except in the runs that exist to go without reincarnation
+    assert specs["remix-grpo"].overrides[-2:] == ["remix.reincarnate_at=1", "train.lr=1e-5"]
+    assert "remix.reincarnate_at=1" not in specs["remix-grpo-no-reincarnation"].overrides
+    assert "remix.reincarnate_at=1" not in specs["sweep-p0.75"].overrides
+    assert specs["grpo"].overrides[:3] == ["train.steps=2", "eval.every=1", "eval.limit=4"]
+
+
+def test_gpu_preset_plans_runs_per_seed(efficiency):
+    preset = efficiency.load_preset("gpu")
+    specs = efficiency.plan_study(preset)
+    dirs = [s.run_dir for s in specs]
+    assert dirs[:4] == ["grpo-s0", "grpo-s1", "grpo-s2", "grpo-s3"]
+    assert {"ppo-s0", "ppo-s1", "remix-ppo-s1", "grpo-s2-boxed", "remix-grpo-s2-boxed", "mixppg-utd-200-s0",
+            "sweep-p0.1-s0", "sweep-p0.6-s0"} <= set(dirs)
+    by_dir = {s.run_dir: s for s in specs}
+    ppo = by_dir["ppo-s1"]
+    assert ppo.config == "ppo" and ppo.seed == 1 and ppo.overrides[-1] == "train.seed=1"
+    # PPO's own batch shape comes after the common GRPO shape, so it wins
+    assert ppo.overrides.index("train.prompts_per_step=256") > ppo.overrides.index("train.prompts_per_step=32")
+    assert by_dir["mixppg-utd-200-s0"].steps == 200 and "train.steps=200" in by_dir["mixppg-utd-200-s0"].overrides
+    sweep = by_dir["sweep-p0.25-s0"]
+    assert sweep.value == 0.25 and "rollout.max_new_tokens=256" in sweep.overrides
+    assert not any(o.startswith("data.instruction=") for o in sweep.overrides)  # the default "think step by step"
+    assert by_dir["remix-grpo-s0"].baseline == "grpo"
+    # --steps changes the study's length, not a run that sets its own
+    longer = {s.run_dir: s for s in efficiency.plan_study(preset, steps=150)}
+    assert longer["grpo-s0"].steps == 150 and longer["mixppg-utd-200-s0"].steps == 200
+    quick = efficiency.plan_study(preset, quick=True)
+    assert len(quick) == 9 and all(s.steps == 2 for s in quick)
+    assert all(s.overrides.index("model.name=tiny-random") > s.overrides.index("train.seed=" + str(s.seed))
+               for s in quick)
+
+
+def test_preset_errors_name_the_file_and_key(efficiency, tmp_path):
+    cpu = (efficiency.PRESET_DIR / "cpu.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(cpu + "\nconcurency: 3\n")
+    with pytest.raises(efficiency.PresetError, match=r"bad.yaml: unknown key\(s\) \['concurency'\]"):
+        efficiency.load_preset(str(bad))
+    bad.write_text(cpu.replace("group: main, engine: trl", "group: baselines, engine: trl"))
+    with pytest.raises(efficiency.PresetError, match=r"runs\[4\]: group 'baselines' is not under 'groups'"):
+        efficiency.load_preset(str(bad))
+    with pytest.raises(efficiency.PresetError, match="built-in presets: \\['cpu', 'gpu'\\]"):
+        efficiency.load_preset("tpu")
 
 
 def test_budget_and_target_arithmetic(efficiency):
@@ -102,3 +157,126 @@ def test_quick_study_end_to_end(efficiency, tmp_path):
     before = (out / "grpo" / "wall.json").read_text()
     efficiency.main(["--quick", "--out", str(out), "--runs", "grpo", "--ablations", "", "--sweep", ""])
     assert (out / "grpo" / "wall.json").read_text() == before
+
+
+def _summary(efficiency, name, seed, curve, baseline=None, label=None, excluded=False):
+    spec = efficiency.RunSpec(name, [], "main", label=label or name.upper(), seed=seed, run_dir=f"{name}-s{seed}",
+                              baseline=baseline)
+    evals = [{"type": "eval", "step": 10 * i, "rollouts/total": r, "eval/average/pass@1": a}
+             for i, (r, a) in enumerate(curve)]
+    return efficiency.RunSummary(spec, evals=evals, excluded=excluded)
+
+
+def test_seed_and_savings_tables_by_hand(efficiency):
+    runs = [
+        _summary(efficiency, "grpo", 0, [(0, 0.2), (100, 0.45), (200, 0.55)]),
+        _summary(efficiency, "grpo", 1, [(0, 0.1), (100, 0.30), (200, 0.50)]),
+        _summary(efficiency, "remix", 0, [(0, 0.2), (50, 0.50), (150, 0.60)], baseline="grpo"),
+        _summary(efficiency, "remix", 1, [(0, 0.1), (50, 0.35), (150, 0.50)], baseline="grpo"),
+        _summary(efficiency, "remix", 2, [(0, 0.1), (50, 1.0), (150, 1.0)], baseline="grpo", excluded=True),
+    ]
+    seeds = efficiency.seed_table(runs, [0.5])
+    # final 0.55 and 0.50: mean 52.5, sample sd sqrt(2 * 0.025^2) = 3.5 points
+    assert "| GRPO | 0 / 1 | 20.0 / 10.0 | 200 / 200 | 55.0 / 50.0 | 52.5 ± 3.5 | 200 |" in seeds
+    assert "| REMIX | 0 / 1 | 20.0 / 10.0 | 50 / 150 | 60.0 / 50.0 | 55.0 ± 7.1 | 150 |" in seeds
+    savings = efficiency.savings_table(runs, [0.5])
+    # seed 0: GRPO needs 200, ReMix 50 -> 4x; seed 1: 200 / 150; the excluded seed 2 is left out
+    assert "| REMIX | GRPO | 0 / 1 | 4.00x / 1.33x | 60.0 vs 55.0 / 50.0 vs 50.0 | 150 vs 200 |" in savings
+
+
+def test_write_section_keeps_text_outside_its_markers(efficiency, tmp_path):
+    doc = tmp_path / "results.md"
+    efficiency.write_section(doc, "gpu", "# GPU v1")
+    doc.write_text("intro\n\n" + doc.read_text() + "\nhand-written notes\n")
+    efficiency.write_section(doc, "cpu", "# CPU v1")
+    efficiency.write_section(doc, "gpu", "# GPU v2")
+    text = doc.read_text()
+    assert "GPU v1" not in text and text.index("intro") < text.index("GPU v2") < text.index("hand-written notes")
+    assert text.index("hand-written notes") < text.index("CPU v1")
+
+
+def _combined_metrics(path, runs):
+    lines = []
+    for run, (per_step, curve) in runs.items():
+        for i, (rollouts, acc) in enumerate(curve):
+            step = 2 * i
+            if step:
+                lines.append({"type": "train", "step": step, "rollouts/step": per_step, "rollouts/total": rollouts,
+                              "response_length/mean": 40.0 - step, "phase": "mix", "offpolicy_fraction": 0.4,
+                              "time/step": 4.0, "memory/peak_gpu_mb": 13 * 1024, "run": run})
+            lines.append({"type": "eval", "step": step, "rollouts/total": rollouts, "eval/average/pass@1": acc,
+                          "eval/average/problems": 300.0, "run": run})
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_report_from_a_combined_metrics_file(efficiency, tmp_path):
+    metrics = tmp_path / "study.metrics.jsonl"
+    _combined_metrics(metrics, {
+        "grpo-s0": (256, [(0, 0.17), (512, 0.42), (1024, 0.52)]),
+        "grpo-s1": (256, [(0, 0.18), (512, 0.38), (1024, 0.51)]),
+        "remix-grpo-s0": (152, [(0, 0.17), (304, 0.45), (608, 0.56)]),
+        "remix-grpo-s1": (152, [(0, 0.18), (304, 0.41), (608, 0.50)]),
+        "remix-grpo-s2": (152, [(0, 0.14), (304, 1.0), (608, 1.0)]),
+        "stray": (1, [(0, 0.0)]),
+    })
+    docs = tmp_path / "docs" / "results.md"
+    assert efficiency.main(["--preset", "gpu", "--figures-from", str(metrics), "--exclude", "remix-grpo-s2",
+                            "--steps", "4", "--machine", "one H100", "--commit", "abc1234", "--docs", str(docs)]) == 0
+    text = docs.read_text()
+    assert "one H100" in text and "abc1234" in text and str(metrics) in text
+    assert "| ReMix-GRPO | 0 / 1 | 17.0 / 18.0 | 304 / 304 | 608 / 608 |" in text  # to 40% / to 50%
+    assert "ReMix-GRPO (excluded: see notes)" in text and "Excluded from the seed summaries" in text
+    # to 40%: GRPO 512 / 304 (seed 0) and 1024 / 304 (seed 1: 38% at 512); to 50%: 1024 / 608 both
+    assert "| ReMix-GRPO | GRPO | 0 / 1 | 1.68x / 3.37x | 1.68x / 1.68x |" in text
+    assert "Not run (not in the metrics file): " in text and "ppo-s0" in text
+    figure = docs.parent / "figures" / "gpu" / "accuracy_vs_rollouts.png"
+    assert figure.stat().st_size > 1000 and "figures/gpu/accuracy_vs_rollouts.png" in text
+    metrics.write_text('{"type": "eval", "step": 0}\n')
+    with pytest.raises(ValueError, match="record 1: missing the 'run' field"):
+        efficiency.main(["--preset", "gpu", "--figures-from", str(metrics)])
+
+
+TINY = ["model.name=tiny-random", "model.autocast_bf16=false", "rollout.max_new_tokens=4", "eval.max_new_tokens=4",
+        "train.prompts_per_step=2", "train.samples_per_prompt=2", "train.minibatch_size=2", "checkpoint.every=1"]
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(efficiency, tmp_path):
+    preset = tmp_path / "one.yaml"
+    preset.write_text(yaml.safe_dump({
+        "config": "grpo", "steps": 1, "eval_every": 1, "eval_limit": 2, "target_gain": 0.05,
+        "common": ["logging.progress=false", "checkpoint.save_final=false"], "groups": {"main": {}},
+        "runs": [{"name": "grpo", "group": "main"}]}))
+    out = tmp_path / "runs"
+    args = ["--preset", str(preset), "--out", str(out), *TINY]
+    assert efficiency.main(args) == 0  # finishes step 1 with a checkpoint
+    run = out / "grpo"
+    assert efficiency.next_action(efficiency.RunSpec("grpo", [], "main", steps=2), out) == "resume"
+    # stopped at the time limit long before it can finish: its process group is gone, the run is resumable
+    assert efficiency.main([*args, "--steps", "2", "--time-limit", "1"]) == 1
+    assert efficiency.main([*args, "--steps", "2"]) == 0
+    train_steps = [r["step"] for r in efficiency.run_records(run) if r["type"] == "train"]
+    assert train_steps == [1, 2]  # step 1 was not trained again
+    wall = json.loads((run / "wall.json").read_text())
+    assert wall["resumed_from_step"] == 1 and "--resume" in wall["command"]
+
+
+def test_gpu_preset_quick_end_to_end(efficiency, tmp_path):
+    out, docs = tmp_path / "runs", tmp_path / "docs" / "results.md"
+    assert efficiency.main(["--preset", "gpu", "--quick", "--out", str(out), "--docs", str(docs)]) == 0
+    text = docs.read_text()
+    for label in ("GRPO", "ReMix-GRPO", "w/o raised UTD", "boxed answers only", "Mix-PPG with UTD", "p = 0.1",
+                  "p = 0.6", "Per run over its seeds", "Rollout saving against the baseline", "rollouts to 50%",
+                  "self-reflection (first -> last eval)", "Each run's config and overrides"):
+        assert label in text, label
+    for name in ("grpo-s0", "grpo-s1", "remix-grpo-s1", "remix-grpo-no-utd-s0", "grpo-s2-boxed",
+                 "mixppg-utd-200-s0", "sweep-p0.1-s0", "sweep-p0.6-s0"):
+        records = efficiency.run_records(out / name)
+        assert [x["step"] for x in records if x["type"] == "train"] == [1, 2], name
+        assert (out / name / "wall.json").exists() and not (out / name / "checkpoints").exists()
+    for figure in ("accuracy_vs_rollouts", "sweep_response_length", "sweep_self_reflection", "long_self_reflection"):
+        path = docs.parent / "figures" / "gpu" / f"{figure}.png"
+        assert path.stat().st_size > 1000 and f"figures/gpu/{figure}.png" in text
+    # a finished study is not run again
+    before = (out / "grpo-s0" / "wall.json").read_text()
+    assert efficiency.main(["--preset", "gpu", "--quick", "--out", str(out), "--only", "grpo", "--seeds", "0"]) == 0
+    assert (out / "grpo-s0" / "wall.json").read_text() == before

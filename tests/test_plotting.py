@@ -199,3 +199,25 @@ def test_plot_command_errors_are_reported(tmp_path: Path, capsys: pytest.Capture
     assert main(["plot", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "Traceback" not in err
+
+
+def test_seed_band_by_hand(tmp_path):
+    from remix_rft.plotting import RunLog, plot_seed_bands, seed_band
+
+    def run(seed, accs):
+        evals = [{"type": "eval", "step": 10 * i, "rollouts/total": 256 * 10 * i, "eval/average/pass@1": a}
+                 for i, a in enumerate(accs)]
+        return RunLog(f"s{seed}", tmp_path, evals=evals)
+
+    seeds = [run(0, [0.2, 0.4]), run(1, [0.1, 0.6]), run(2, [0.3, 0.5])]
+    points = seed_band(seeds, "eval", "rollouts/total", "eval/average/pass@1")
+    assert [(p.x, p.seeds) for p in points] == [(0.0, 3), (2560.0, 3)]
+    assert points[0].mean == pytest.approx(0.2) and (points[0].low, points[0].high) == (0.1, 0.3)
+    assert points[1].mean == pytest.approx(0.5) and (points[1].low, points[1].high) == (0.4, 0.6)
+    out = tmp_path / "bands.png"
+    assert plot_seed_bands([("GRPO", seeds)], out, source="eval", x_key="rollouts/total",
+                           y_key="eval/average/pass@1", title="t", x_label="x", y_label="y")
+    assert out.stat().st_size > 1000
+    assert not plot_seed_bands([("GRPO", seeds)], tmp_path / "none.png", source="train", x_key="step",
+                               y_key="reward/mean", title="t", x_label="x", y_label="y")
+    assert not (tmp_path / "none.png").exists()

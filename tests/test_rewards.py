@@ -70,7 +70,6 @@ ANSWER_PAIRS = [
     ("-3", "\\boxed{3}", False),
     ("-\\frac{1}{3}", "\\boxed{-1/3}", True),
     ("10,080", "\\boxed{10080}", True),
-    ("1000", "\\boxed{10^3}", True),
     ("x^2+1", "\\boxed{1+x^2}", True),
     ("y = 2x + 3", "\\boxed{y=2x+3}", True),
     ("\\{1, 2\\}", "\\boxed{\\{2, 1\\}}", True),
@@ -244,12 +243,17 @@ def test_grading_from_a_thread(reward):
 
 
 @pytest.mark.parametrize("response", [HUGE_POWER, DEEP_NESTING], ids=["huge_power", "deep_nesting"])
-def test_pathological_answer_times_out_quickly(quick_pool, response):
-    reward = MathReward(pool=quick_pool)
+@pytest.mark.parametrize("grader, gold, status", [
+    ("paper", "3", "timeout"),  # math-verify evaluates it: the worker is killed
+    ("strict", "\\sqrt{3}", "timeout"),  # a non-literal truth: equivalence is math-verify's, under the same guard
+    ("strict", "3", "not_literal"),  # a literal truth: rejected by rule, never evaluated
+])
+def test_pathological_answer_times_out_quickly(quick_pool, response, grader, gold, status):
+    reward = MathReward(pool=quick_pool, grader=grader)
     started = time.monotonic()
-    score = reward.score([response], examples_for(["3"]))[0]
+    score = reward.score([response], examples_for([gold]))[0]
     assert time.monotonic() - started < 10
-    assert (score.status, score.correct, score.reward) == ("timeout", False, 0.0)
+    assert (score.status, score.correct, score.reward) == (status, False, 0.0)
     assert reward.score(["\\boxed{3}"], examples_for(["3"]))[0].correct  # the pool still works
 
 
@@ -260,7 +264,7 @@ def test_huge_response_does_not_hang(reward):
     scores = reward.score([megabytes_of_text, no_box], examples_for(["7", "7"]))
     assert time.monotonic() - started < 15
     assert scores[0].correct and scores[0].status == "ok"
-    assert not scores[1].correct and scores[1].status in ("no_answer", "ok", "timeout")
+    assert not scores[1].correct and scores[1].status in ("no_answer", "not_literal", "ok", "timeout")
 
 
 def test_hung_worker_is_killed_and_restarted(quick_pool):
@@ -356,16 +360,20 @@ def test_summarise_scores():
         Score(0.0, False, None, "error"),
         Score(0.5, False, "2"),
         Score(0.0, False, "2 + 3", "restated_problem"),
+        Score(0.0, False, "4 + 1", "not_literal"),
+        Score(0.0, False, "4", "hedged"),
     ]
     summary = summarise_scores(scores)
     assert summary == {
-        "count": 6.0,
-        "reward_mean": 0.25,
-        "accuracy": pytest.approx(1 / 6),
+        "count": 8.0,
+        "reward_mean": pytest.approx(1.5 / 8),
+        "accuracy": pytest.approx(1 / 8),
         "no_answer": 1.0,
         "timeout": 1.0,
         "error": 1.0,
         "restated_problem": 1.0,
+        "not_literal": 1.0,
+        "hedged": 1.0,
     }
     assert summarise_scores([])["count"] == 0.0
 

@@ -172,8 +172,8 @@ def test_bad_arguments_are_rejected(tokenizer, tiny_model):
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         engine.generate(["Hi", ""], 1, SamplingParams(max_new_tokens=2))
     assert engine.generate([], 3, SamplingParams()) == []
-    with pytest.raises(ValueError, match="known engines: hf"):
-        build_engine("vllm", tiny_model, tokenizer)
+    with pytest.raises(ValueError, match="known engines: hf, vllm"):
+        build_engine("sglang", tiny_model, tokenizer)
 
 
 def test_bf16_autocast_generation_is_close_to_bf16_teacher_forcing(tokenizer, tiny_model):

@@ -88,8 +88,8 @@ def test_algorithms_run_end_to_end(tmp_path, name):
 
 
 def _comparable(lines: list[dict]) -> list[dict]:
-    # wall time and peak memory are measurements of the machine, not of the training
-    return [{k: v for k, v in line.items() if not k.startswith(("time/", "memory/"))} for line in lines]
+    # wall time, throughput and peak memory are measurements of the machine, not of the training
+    return [{k: v for k, v in line.items() if not k.startswith(("time/", "memory/", "perf/"))} for line in lines]
 
 
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
@@ -168,10 +168,11 @@ def test_replayed_groups_keep_the_behaviour_logprobs_they_trained_with(tmp_path)
     """In `recompute` mode the buffer stores pi_k's log-probs as computed by the trainer (what the fresh update
     used), so a replayed group's ratio and clip centre are measured against the same behaviour policy."""
     from remix_rft.batching import collate, token_logprobs
+    from remix_rft.models import frozen_copy
 
     config = tiny_config(tmp_path, "remix-grpo", "train.steps=1", "model.autocast_bf16=true")
     trainer = Trainer(config)
-    pre_update = Trainer._frozen_copy(trainer.policy)
+    pre_update = frozen_copy(trainer.policy, "float32")  # the policy's own float32 weights, run under autocast
     try:
         trainer.train_step(1)
         group = trainer.buffer.sample(1)[0]
@@ -183,3 +184,72 @@ def test_replayed_groups_keep_the_behaviour_logprobs_they_trained_with(tmp_path)
             assert torch.allclose(group.behaviour_logprobs[i], expected[i, :len(response)], atol=2e-3)
     finally:
         trainer.close()
+
+
+def test_critic_gradient_does_not_depend_on_micro_batching_under_seq_mean_token_sum_norm(tmp_path):
+    """The critic's loss uses the policy's constant norm_len, so accumulating micro-batches of one row each gives
+    the minibatch's gradient (with each micro-batch's own width as norm_len it would not)."""
+    from remix_rft.batching import collate
+    from remix_rft.experience import StepBatch
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = [1, 3, 6, 2]
+    tokens = collate([[5, 6, 7]] * 4, [[9] * n for n in lengths], pad_token_id=0)
+    critics = []
+    for budget in (10**6, 1):
+        config = tiny_config(tmp_path / str(budget), "ppo", "algorithm.loss_agg=seq-mean-token-sum-norm",
+                             f"train.micro_batch_tokens={budget}")
+        trainer = Trainer(config)
+        trainer.critic.optimizer = torch.optim.SGD(trainer.critic.model.parameters(), lr=1.0)
+        batch = StepBatch(tokens=tokens, behaviour_logp=torch.zeros(4, 6), rewards=torch.zeros(4),
+                          sequence_advantages=torch.zeros(4), is_replay=torch.zeros(4, dtype=torch.bool),
+                          versions=torch.zeros(4), old_values=torch.zeros(4, 6),
+                          returns=torch.randn(4, 6, generator=generator) * tokens.response_mask)
+        initial = [p.detach().clone() for p in trainer.critic.model.parameters()]
+        try:
+            trainer.critic.update(batch, trainer.schedule.plan(1), step=1)
+            critics.append([p.detach().clone() for p in trainer.critic.model.parameters()])
+        finally:
+            trainer.close()
+        generator.manual_seed(0)
+    assert any(not torch.equal(p, q) for p, q in zip(critics[0], initial))
+    for whole, micro in zip(*critics):
+        assert torch.allclose(whole, micro, atol=1e-6)
+
+
+@pytest.mark.parametrize("correction, level", [("tis", "token"), ("mis", "sequence")])
+def test_engine_behaviour_logprobs_with_mismatch_correction(tmp_path, correction, level):
+    """behaviour_logprobs=engine: the buffer keeps the sampler's log-probs and the trainer's of the same tokens;
+    the IS correction logs its statistics for fresh and replayed data. The HF engine shares the trainer's
+    numerics, so the mismatch is float noise and every weight is ~1."""
+    config = tiny_config(tmp_path, "remix-grpo", "train.steps=2", "remix.offpolicy_fraction=0.5",
+                         "rollout.behaviour_logprobs=engine", f"rollout.is_correction={correction}",
+                         f"rollout.is_level={level}", "rollout.is_cap=2.0")
+    trainer = Trainer(config)
+    try:
+        first = trainer.train_step(1)
+        group = trainer.buffer.sample(1)[0]
+        assert group.trainer_logprobs is not None
+        for sampler, ours in zip(group.behaviour_logprobs, group.trainer_logprobs):
+            assert sampler.shape == ours.shape and not torch.equal(sampler, ours)  # two measurements, kept apart
+            assert torch.allclose(sampler, ours, atol=1e-4)
+        second = trainer.train_step(2)
+    finally:
+        trainer.close()
+    assert "logprob_mismatch/replay_mean" not in first and second["replay/groups"] > 0
+    for record, kinds in ((first, ("fresh",)), (second, ("fresh", "replay"))):
+        for kind in kinds:
+            assert record[f"logprob_mismatch/{kind}_max"] < 1e-3
+            assert record[f"is_correction/{kind}_weight_mean"] == pytest.approx(1.0, abs=1e-2)
+        assert record["is_correction/capped_fraction"] == 0.0
+        assert record["is_correction/raw_ratio_max"] < 1.1
+
+
+def test_mismatch_correction_needs_engine_logprobs(tmp_path):
+    from remix_rft.config import ConfigError
+
+    with pytest.raises(ConfigError, match="rollout.is_correction"):
+        tiny_config(tmp_path, "remix-grpo", "rollout.is_correction=tis")
+    with pytest.raises(ConfigError, match="rollout.top_p/top_k"):
+        tiny_config(tmp_path, "remix-grpo", "rollout.engine=vllm", "rollout.behaviour_logprobs=engine",
+                    "rollout.top_p=0.9")

@@ -103,13 +103,15 @@ class Actor:
             def cut(x: torch.Tensor) -> torch.Tensor:
                 return x[index][:, :width]
 
-            with autocast_context(sub.input_ids.device, cfg.model.autocast_bf16):
+            with autocast_context(sub.input_ids.device, cfg.model.bf16):
                 logp, entropy = token_logprobs(self.model, sub, cfg.rollout.temperature,
-                                               with_entropy=alg.entropy_coef > 0)
+                                               with_entropy=alg.entropy_coef > 0,
+                                               chunk_tokens=cfg.train.logprob_chunk_tokens)
             logp = logp.float()
             behaviour, proximal = cut(batch.behaviour_logp), cut(batch.proximal_logp)
+            correction = {} if batch.is_weights is None else {"is_weights": cut(batch.is_weights)}
             loss, _ = loss_fn(logp, behaviour, proximal, cut(batch.advantages), mask,
-                              clip_eps=alg.clip_eps, agg=alg.loss_agg, norm_len=norm_len)
+                              clip_eps=alg.clip_eps, agg=alg.loss_agg, norm_len=norm_len, **correction)
             if uses_kl and not alg.kl_in_reward:
                 precedent = cut(batch.precedent_logp) if batch.precedent_logp is not None else None
                 kl = kl_term(logp, cut(batch.reference_logp), precedent, plan.kl_convex_weight,

@@ -8,12 +8,15 @@ left padding), which is what HF ``generate`` and our sampler use, so teacher-for
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from remix_rft.logprobs import DEFAULT_CHUNK_TOKENS, chunked_logprobs, lean_head
 
 
 @dataclass
@@ -135,19 +138,54 @@ def _response_logits(model: torch.nn.Module, batch: TokenBatch) -> Tensor:
     ).logits
 
 
+def _response_hidden(decoder: torch.nn.Module, batch: TokenBatch) -> Tensor:
+    """[b, R, H] final hidden states at positions P-1 .. P+R-2 (those that predict the response tokens)."""
+    hidden = decoder(
+        input_ids=batch.input_ids[:, :-1],
+        attention_mask=batch.attention_mask[:, :-1],
+        position_ids=batch.position_ids[:, :-1],
+        use_cache=False,
+    ).last_hidden_state
+    return hidden[:, batch.prompt_length - 1 :]
+
+
+# the attribute of an FSDP2-sharded model holding `lean_logprobs` bound to it as an FSDP forward method
+LEAN_LOGPROBS_METHOD = "remix_lean_logprobs"
+
+
+def lean_logprobs(model: torch.nn.Module, batch: TokenBatch, temperature: float, chunk_tokens: int,
+                  with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+    """The lean path's flat log-probs (and entropy) of the real response tokens: the LM head runs on them only,
+    chunk by chunk (see logprobs.py). The model's head is read here, so under FSDP2 this must run as a forward."""
+    keep = batch.response_mask.bool()
+    hidden = _response_hidden(model.get_decoder(), batch)[keep]
+    return chunked_logprobs(hidden, lean_head(model), batch.response_ids[keep], temperature, chunk_tokens,
+                            with_entropy)
+
+
 def _logprobs_one(
-    model: torch.nn.Module, batch: TokenBatch, temperature: float, with_entropy: bool
+    model: torch.nn.Module, batch: TokenBatch, temperature: float, with_entropy: bool, chunk_tokens: int | None
 ) -> tuple[Tensor, Tensor | None]:
     if batch.response_length == 0:  # logits_to_keep=0 would mean "all positions" to HF
         empty = batch.response_mask.new_zeros(batch.response_mask.shape)
         return empty, (empty.clone() if with_entropy else None)
+    keep = batch.response_mask.bool()
+    head = lean_head(model) if chunk_tokens is not None else None
+    if head is not None:
+        # an FSDP2 model runs the lean path as a registered forward method (Distributed.shard): its root's
+        # parameters, the LM head's included, are gathered around it and its gradients reduce-scattered after
+        lean = getattr(model, LEAN_LOGPROBS_METHOD, None) or functools.partial(lean_logprobs, model)
+        flat_logprobs, flat_entropy = lean(batch, temperature, chunk_tokens, with_entropy)
+        logprobs = batch.response_mask.new_zeros(batch.response_mask.shape).masked_scatter(keep, flat_logprobs)
+        if not with_entropy:
+            return logprobs, None
+        return logprobs, batch.response_mask.new_zeros(batch.response_mask.shape).masked_scatter(keep, flat_entropy)
     logits = _response_logits(model, batch).float()
     if temperature != 1.0:
         logits = logits / temperature
     # log p(token) = logit(token) - logsumexp(logits): no full [b, R, V] log-softmax tensor is kept for backward.
     log_normaliser = torch.logsumexp(logits, dim=-1)
     logprobs = logits.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1) - log_normaliser
-    keep = batch.response_mask.bool()
     logprobs = torch.where(keep, logprobs, torch.zeros_like(logprobs))
     if not with_entropy:
         return logprobs, None
@@ -183,16 +221,20 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     max_tokens: int | None = None,
+    chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
 ) -> tuple[Tensor, Tensor | None]:
     """[B, R] float32 log-probs of the response tokens under log_softmax(logits / temperature), 0 where masked.
 
     Also the per-token entropy of that distribution when `with_entropy`. Autograd is kept when grad is enabled.
-    Micro-batches of at most `max_tokens` padded tokens bound the [b, R, V] float32 logits held at once.
+    Micro-batches of at most `max_tokens` padded tokens bound the decoder's activations. With `chunk_tokens` set
+    (and a model whose logits are a plain linear head on the decoder), the head and log-softmax run on the real
+    response tokens only, `chunk_tokens` at a time, forward and backward: no [tokens, vocabulary] logits tensor
+    exists for the micro-batch. `chunk_tokens=None` is the plain path (the head on all response columns at once).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     logprobs, entropy = _per_group(
-        batch, max_tokens, lambda sub: _logprobs_one(model, sub, temperature, with_entropy)
+        batch, max_tokens, lambda sub: _logprobs_one(model, sub, temperature, with_entropy, chunk_tokens)
     )
     return logprobs, entropy
 

@@ -48,6 +48,9 @@ class RolloutGroup:
     rewards: torch.Tensor  # [G] sequence rewards
     advantages: torch.Tensor  # [G] per-sequence advantage computed at generation time
     meta: dict = field(default_factory=dict)  # JSON-serialisable extras (example id, answer, texts, ...)
+    # the trainer's own log-probs of the responses under the generating policy, when the behaviour log-probs
+    # came from a separate engine (vLLM): the reference point of the sampler-trainer mismatch correction
+    trainer_logprobs: list[torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
@@ -72,6 +75,12 @@ class RolloutGroup:
                     f"RolloutGroup response {i} has {len(response)} tokens but "
                     f"{logprobs.numel()} behaviour_logprobs"
                 )
+        if self.trainer_logprobs is not None:
+            self.trainer_logprobs = [
+                _as_float_vector(logprobs, f"trainer_logprobs[{i}]") for i, logprobs in enumerate(self.trainer_logprobs)
+            ]
+            if [t.numel() for t in self.trainer_logprobs] != [len(r) for r in self.response_ids]:
+                raise ValueError("RolloutGroup trainer_logprobs must have one value per response token")
         self.rewards = _as_float_vector(self.rewards, "rewards")
         self.advantages = _as_float_vector(self.advantages, "advantages")
         if self.rewards.numel() != group_size:
@@ -106,6 +115,8 @@ class RolloutGroup:
             "rewards": self.rewards.clone(),
             "advantages": self.advantages.clone(),
             "meta_json": json.dumps(self.meta),
+            "trainer_logprobs": (None if self.trainer_logprobs is None
+                                 else [logprobs.clone() for logprobs in self.trainer_logprobs]),
         }
 
     @classmethod
@@ -121,6 +132,7 @@ class RolloutGroup:
             rewards=state["rewards"],
             advantages=state["advantages"],
             meta=json.loads(state["meta_json"]),
+            trainer_logprobs=state.get("trainer_logprobs"),  # absent in buffers saved before it existed
         )
 
 

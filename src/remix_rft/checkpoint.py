@@ -123,6 +123,7 @@ class TrainingState:
     prompts: TrainingPrompts
     tokenizer: Any
     dist: Distributed = field(default_factory=Distributed)
+    hacking: Any = None  # the reward-hacking monitor (rewards/hacking.py): its history and streaks
 
 
 def rng_state() -> dict[str, Any]:
@@ -157,7 +158,8 @@ def write_training_state(directory: Path, training: TrainingState, phase: str) -
     torch.save(training.buffer.state_dict(), directory / "buffer.pt")
     counters = {"step": state.step, "rollouts_total": state.rollouts_total, "tokens_total": state.tokens_total,
                 "reincarnated": state.reincarnated}
-    torch.save({**counters, "sampler": training.prompts.state_dict(), "rng": rng_state()},
+    hacking = training.hacking.state_dict() if training.hacking is not None else {}
+    torch.save({**counters, "sampler": training.prompts.state_dict(), "rng": rng_state(), "hacking": hacking},
                directory / "trainer_state.pt")
     (directory / "trainer_state.json").write_text(json.dumps({**counters, "phase": phase, "world_size": 1}, indent=2))
 
@@ -181,7 +183,8 @@ def read_training_state(directory: Path, training: TrainingState, dtype: str) ->
     if training.dist.active:
         return _read_sharded(directory, training)
     references = training.references
-    training.actor.model.load_state_dict(load_model(str(directory / "policy"), dtype=dtype).state_dict())
+    # the policy's float32 master weights; the frozen copies in the compute dtype `dtype`
+    training.actor.model.load_state_dict(load_model(str(directory / "policy"), dtype="float32").state_dict())
     trainer_state = torch.load(directory / "trainer_state.pt", weights_only=False)
     if trainer_state["reincarnated"] and references.reference is not None:
         references.reference.load_state_dict(load_model(str(directory / "reference"), dtype=dtype).state_dict())
@@ -195,6 +198,8 @@ def read_training_state(directory: Path, training: TrainingState, dtype: str) ->
         training.critic.load_state_dict({"optimizer": optim["critic_optimizer"]})
     training.buffer.load_state_dict(torch.load(directory / "buffer.pt", weights_only=False))
     training.prompts.load_state_dict(trainer_state["sampler"])
+    if training.hacking is not None:
+        training.hacking.load_state_dict(trainer_state.get("hacking", {}))
     restore_rng_state(trainer_state["rng"])
     return TrainState(step=trainer_state["step"], rollouts_total=trainer_state["rollouts_total"],
                       tokens_total=trainer_state["tokens_total"], reincarnated=trainer_state["reincarnated"])
@@ -242,7 +247,8 @@ def _write_sharded(directory: Path, training: TrainingState, phase: str) -> None
         (directory / "trainer_state.json").write_text(json.dumps(
             {**_rank_state(training), "phase": phase, "world_size": dist.world_size}, indent=2))
     torch.save({**_rank_state(training), "sampler": training.prompts.state_dict(), "rng": rng_state(),
-                "lr_scheduler": training.actor.lr_scheduler.state_dict(), "buffer": training.buffer.state_dict()},
+                "lr_scheduler": training.actor.lr_scheduler.state_dict(), "buffer": training.buffer.state_dict(),
+                "hacking": training.hacking.state_dict() if training.hacking is not None else {}},
                directory / f"rank_{dist.rank:05d}.pt")
 
 
@@ -261,6 +267,8 @@ def _read_sharded(directory: Path, training: TrainingState) -> TrainState:
     training.actor.lr_scheduler.load_state_dict(own["lr_scheduler"])
     training.buffer.load_state_dict(own["buffer"])
     training.prompts.load_state_dict(own["sampler"])
+    if training.hacking is not None:
+        training.hacking.load_state_dict(own.get("hacking", {}))
     restore_rng_state(own["rng"])
     return TrainState(step=own["step"], rollouts_total=own["rollouts_total"], tokens_total=own["tokens_total"],
                       reincarnated=own["reincarnated"])

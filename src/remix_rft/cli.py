@@ -1,4 +1,4 @@
-"""`remix-rft` command line: train, eval, plot."""
+"""`remix-rft` command line: train, eval, plot, plan."""
 
 from __future__ import annotations
 
@@ -146,13 +146,14 @@ def train_command(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config.to_yaml())
         return 0
-    run_training(config, resume=resume_dir)
-    return 0
+    trainer = run_training(config, resume=resume_dir)
+    return 3 if trainer.stop_reason is not None else 0  # 3: ended by the reward-hacking alarm
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `remix-rft` parser; each subcommand sets `handler`, the function `main` calls with the parsed args."""
     from remix_rft.evaluation import add_eval_arguments, eval_command
+    from remix_rft.plan import add_plan_arguments, plan_command
     from remix_rft.plotting import add_plot_arguments, plot_command
 
     parser = argparse.ArgumentParser(prog="remix-rft", description=__doc__,
@@ -176,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
                           formatter_class=raw)
     add_plot_arguments(plot)
     plot.set_defaults(handler=plot_command)
+    plan = sub.add_parser("plan", help="step arithmetic and peak memory per device of a config, without loading "
+                                       "weights", parents=[common], formatter_class=raw)
+    add_plan_arguments(plan)
+    plan.set_defaults(handler=plan_command)
     return parser
 
 

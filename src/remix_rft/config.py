@@ -28,10 +28,22 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ModelConfig:
     name: str = "smollm2-135m-instruct"  # embedded default, a local HF dir, a hub name, or "tiny-random[:SEED]"
-    dtype: str = "float32"  # weights dtype: float32 | bfloat16
-    autocast_bf16: bool = False  # bf16 autocast for forward passes (CPU or GPU) with float32 weights
+    # compute dtype: float32 | bfloat16. bfloat16 = mixed precision: the trained models (policy, critic) keep float32
+    # master weights and AdamW state, forward/backward/generation run under bf16 autocast, and the frozen copies
+    # (reference, lagged precedent) are stored in bf16.
+    dtype: str = "float32"
+    autocast_bf16: bool = False  # older spelling of dtype=bfloat16 (true means exactly that)
     gradient_checkpointing: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype forward/backward passes run in and frozen copies are stored in."""
+        return "bfloat16" if self.autocast_bf16 else self.dtype
+
+    @property
+    def bf16(self) -> bool:
+        return self.compute_dtype == "bfloat16"
 
 
 @dataclass
@@ -75,12 +87,14 @@ class TrainConfig:
     samples_per_prompt: int = 4
     minibatch_size: int = 16  # responses per optimizer step
     micro_batch_tokens: int = 4096  # padded tokens per forward/backward (bounds memory); grads accumulate
+    logprob_chunk_tokens: int | None = 512  # response tokens per LM-head chunk (null: whole micro-batch at once)
     lr: float = 1e-6
     critic_lr: float = 1e-5
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
     seed: int = 0
+    peak_tflops: float | None = None  # device peak for perf/mfu (null: a matmul benchmark, measured once, cached)
 
 
 @dataclass
@@ -92,6 +106,17 @@ class RolloutConfig:
     top_k: int = 0
     max_batch_size: int = 64  # sequences per generate() call
     behaviour_logprobs: str = "recompute"  # recompute: trainer log-probs of pi_k (as verl); engine: the sampler's
+    # sampler-trainer mismatch correction (needs behaviour_logprobs=engine): none | tis (truncated IS) | mis (masked)
+    is_correction: str = "none"
+    is_cap: float = 2.0  # tis: weights above it are truncated to it; mis: tokens/sequences above it get weight 0
+    is_level: str = "token"  # token | sequence (the product of the response's token ratios)
+    # engine=vllm only
+    gpu_memory_utilization: float = 0.3  # GPU share the vLLM engine may hold (weights + KV cache)
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = None  # prompt + response tokens per sequence (default: the model's context)
+    enable_sleep_mode: bool | None = None  # free the engine's GPU memory during updates (default: on for GPU)
+    dtype: str | None = None  # vLLM weights dtype (default: the policy's, model.dtype)
+    kv_cache_gb: float | None = None  # KV cache size (default: 1 GiB on CPU, gpu_memory_utilization on GPU)
 
 
 @dataclass
@@ -116,6 +141,12 @@ class RewardConfig:
     require_boxed: bool = False
     num_workers: int = 1
     custom: str | None = None  # package.module:function
+    grader: str = "auto"  # strict | paper | auto (paper protocol on the paper's five benchmarks, strict elsewhere)
+    stop_on_hacking: bool = False  # end the run (checkpoint kept) when the reward-hacking alarm trips
+    hacking_audit_samples: int = 64  # responses a step the strict audit grader regrades
+    hacking_patience: int = 2  # consecutive steps a signal must trip before the alarm
+    hacking_min_responses: int = 8  # rewarded responses a share signal needs before it can trip
+    hacking_thresholds: dict[str, float] = field(default_factory=dict)  # overrides, see rewards/hacking.py
 
 
 @dataclass
@@ -187,6 +218,14 @@ class Config:
         _check(0 <= a.gamma <= 1 and 0 <= a.gae_lambda <= 1, "algorithm.gamma/gae_lambda", "must be in [0, 1]")
         if self.advantage_estimator == "gae":
             _check(a.name == "ppo", "algorithm.advantage_estimator", "gae needs a critic: use algorithm.name=ppo")
+        else:
+            _check(a.name != "ppo", "algorithm.advantage_estimator",
+                   f"algorithm.name=ppo trains a critic on GAE returns, so it needs advantage_estimator=gae (got "
+                   f"{self.advantage_estimator!r}); for sequence-level advantages use algorithm.name=grpo")
+            _check(not (a.kl_in_reward and a.kl_coef > 0), "algorithm.kl_in_reward",
+                   f"the KL-in-reward penalty is per token and needs per-token returns (advantage_estimator=gae, "
+                   f"algorithm.name=ppo); with {self.advantage_estimator!r} advantages it would apply no KL at all. "
+                   f"Use kl_in_reward=false (the KL loss term, as GRPO does)")
         _check(0 <= r.offpolicy_fraction < 1, "remix.offpolicy_fraction",
                f"must be in [0, 1), got {r.offpolicy_fraction}")
         _check(r.history_window >= 1, "remix.history_window", f"must be >= 1, got {r.history_window}")
@@ -214,12 +253,34 @@ class Config:
             except ValueError as err:
                 raise ConfigError(f"config key 'remix.offpolicy_fraction': {err}") from None
         _check(t.micro_batch_tokens >= 1, "train.micro_batch_tokens", "must be >= 1")
+        _check(t.logprob_chunk_tokens is None or t.logprob_chunk_tokens >= 1, "train.logprob_chunk_tokens",
+               "must be >= 1 or null")
+        _check(t.peak_tflops is None or t.peak_tflops > 0, "train.peak_tflops", "must be > 0 or null")
         _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
         _check(ro.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
         _check(ro.temperature > 0, "rollout.temperature", f"must be > 0, got {ro.temperature}")
         _check(0 < ro.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {ro.top_p}")
         _check(ro.behaviour_logprobs in ("recompute", "engine"), "rollout.behaviour_logprobs",
                "must be recompute or engine")
+        _check(ro.engine in ("hf", "vllm"), "rollout.engine", f"must be hf or vllm, got {ro.engine!r}")
+        _check(ro.is_correction in ("none", "tis", "mis"), "rollout.is_correction",
+               f"must be none, tis or mis, got {ro.is_correction!r}")
+        _check(ro.is_correction == "none" or ro.behaviour_logprobs == "engine", "rollout.is_correction",
+               "corrects the engine's log-probs towards the trainer's: set rollout.behaviour_logprobs=engine")
+        _check(ro.is_cap > 0, "rollout.is_cap", f"must be > 0, got {ro.is_cap}")
+        _check(ro.is_level in ("token", "sequence"), "rollout.is_level",
+               f"must be token or sequence, got {ro.is_level!r}")
+        _check(not (ro.engine == "vllm" and ro.behaviour_logprobs == "engine" and (ro.top_p < 1 or ro.top_k > 0)),
+               "rollout.top_p/top_k", "vLLM renormalises its log-probs over the top-p / top-k tokens, which the "
+               "trainer's do not: use top_p=1, top_k=0 with rollout.behaviour_logprobs=engine")
+        _check(0 < ro.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization",
+               f"must be in (0, 1], got {ro.gpu_memory_utilization}")
+        _check(ro.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
+        _check(ro.max_model_len is None or ro.max_model_len > ro.max_new_tokens, "rollout.max_model_len",
+               f"must exceed rollout.max_new_tokens ({ro.max_new_tokens})")
+        _check(ro.kv_cache_gb is None or ro.kv_cache_gb > 0, "rollout.kv_cache_gb", "must be > 0")
+        _check(ro.dtype in (None, "float32", "bfloat16", "float16"), "rollout.dtype",
+               f"must be float32, bfloat16 or float16, got {ro.dtype!r}")
         _check(self.model.dtype in ("float32", "bfloat16"), "model.dtype", f"must be float32 or bfloat16, got {self.model.dtype!r}")
         _check(ro.top_k >= 0, "rollout.top_k", f"must be >= 0 (0 turns it off), got {ro.top_k}")
         _check(ro.max_batch_size >= 1, "rollout.max_batch_size", f"must be >= 1, got {ro.max_batch_size}")
@@ -231,6 +292,16 @@ class Config:
         _check(rw.format_weight >= 0, "reward.format_weight", f"must be >= 0, got {rw.format_weight}")
         _check(self.eval.limit is None or self.eval.limit >= 1, "eval.limit", f"must be >= 1 or null, got {self.eval.limit}")
         _check(self.eval.temperature > 0, "eval.temperature", f"must be > 0, got {self.eval.temperature}")
+        _check(rw.grader in ("strict", "paper", "auto"), "reward.grader",
+               f"must be strict, paper or auto, got {rw.grader!r}")
+        _check(rw.hacking_audit_samples >= 0, "reward.hacking_audit_samples", "must be >= 0")
+        _check(rw.hacking_patience >= 1, "reward.hacking_patience", "must be >= 1")
+        _check(rw.hacking_min_responses >= 1, "reward.hacking_min_responses", "must be >= 1")
+        from remix_rft.rewards.hacking import DEFAULT_THRESHOLDS
+
+        unknown = sorted(set(rw.hacking_thresholds) - set(DEFAULT_THRESHOLDS))
+        _check(not unknown, "reward.hacking_thresholds",
+               f"unknown signal(s) {unknown}; known: {', '.join(DEFAULT_THRESHOLDS)}")
         _check(self.eval.samples >= 1, "eval.samples", "must be >= 1")
         _check(self.eval.every >= 0, "eval.every", "must be >= 0")
         _check(self.checkpoint.every >= 0 and self.checkpoint.keep >= 1, "checkpoint", "every >= 0 and keep >= 1")

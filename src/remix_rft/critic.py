@@ -26,7 +26,7 @@ class Critic:
     def __init__(self, policy: torch.nn.Module, config: Config, device: torch.device,
                  dist: Distributed = SINGLE_PROCESS):
         self.config, self.dist = config, dist
-        self.model = dist.shard(ValueModel.from_pretrained_lm(policy).to(device), bf16=config.model.autocast_bf16)
+        self.model = dist.shard(ValueModel.from_pretrained_lm(policy).to(device), bf16=config.model.bf16)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.critic_lr,
                                            weight_decay=config.train.weight_decay)
 
@@ -34,14 +34,18 @@ class Critic:
         cfg = self.config
         self.model.train()
         clip_fracs: list[float] = []
+        # the policy's constant norm_len: each micro-batch's own width would make the accumulated critic gradient
+        # differ from the minibatch's under seq-mean-token-sum-norm
+        norm_len = cfg.algorithm.loss_norm_len or cfg.rollout.max_new_tokens
 
         def micro_loss(index: torch.Tensor, sub: TokenBatch, record: bool) -> torch.Tensor:
             width = sub.response_ids.shape[1]
-            with autocast_context(sub.input_ids.device, cfg.model.autocast_bf16):
+            with autocast_context(sub.input_ids.device, cfg.model.bf16):
                 values = token_values(self.model, sub).float()
             loss, value_metrics = algos.value_loss(values, batch.old_values[index][:, :width],
                                                    batch.returns[index][:, :width], sub.response_mask,
-                                                   clip=cfg.algorithm.value_clip, agg=cfg.algorithm.loss_agg)
+                                                   clip=cfg.algorithm.value_clip, agg=cfg.algorithm.loss_agg,
+                                                   norm_len=norm_len)
             if record:
                 clip_fracs.append(value_metrics["vf_clip_frac"])
             return loss

@@ -8,6 +8,7 @@ left unsharded: exactly the single-process trainer. Under torchrun every model i
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,7 +18,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from remix_rft.batching import LEAN_LOGPROBS_METHOD, lean_logprobs
 from remix_rft.errors import ConfigError
+from remix_rft.logprobs import lean_head
 
 # long enough for rank 0's held-out evaluation while the other ranks wait at a barrier
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
@@ -123,7 +126,7 @@ class Distributed:
         model's dtype."""
         if not self.active:
             return model
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
             else MixedPrecisionPolicy()
@@ -132,6 +135,11 @@ class Distributed:
             if type(module).__name__ in block_names:
                 fully_shard(module, mesh=self.mesh, mp_policy=policy)
         fully_shard(model, mesh=self.mesh, mp_policy=policy)
+        if lean_head(model) is not None:
+            # the chunked log-prob path calls the decoder and reads the LM head weight outside `forward`: run it as
+            # an FSDP forward so the root's parameters are gathered (and their gradients reduced) around it
+            setattr(model, LEAN_LOGPROBS_METHOD, functools.partial(lean_logprobs, model))
+            register_fsdp_forward_method(model, LEAN_LOGPROBS_METHOD)
         return model
 
     @contextlib.contextmanager

@@ -480,9 +480,18 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-dir", type=Path, default=None, help="where results go (default: runs/eval-<timestamp>)"
     )
+    parser.add_argument(
+        "--grader",
+        choices=("auto", "strict", "paper"),
+        default="auto",
+        help="answer grading: the paper's protocol (math-verify) or the strict answer policy; auto (default): "
+        "paper on the paper's five benchmarks, strict elsewhere (README, 'Grading')",
+    )
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: cuda when available)')
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences generated at once")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences generated at once (engine hf)")
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                        help="rollout engine: hf (transformers, in-process) or vllm (needs vLLM, see README)")
     parser.add_argument(
         "--instruction",
         default=DEFAULT_INSTRUCTION,
@@ -502,7 +511,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
     from remix_rft.models import load_model, load_tokenizer
     from remix_rft.rewards import build_reward
-    from remix_rft.rollout import HFRolloutEngine
+    from remix_rft.rollout import build_engine
 
     samples = 1 if args.samples is None else args.samples
     for name, value, low in (
@@ -535,7 +544,8 @@ def eval_command(args: argparse.Namespace) -> int:
         print(f"[eval] {args.model}: evaluating the policy in {model_path}", file=sys.stderr)
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, dtype=args.dtype, device=device)
-    engine = HFRolloutEngine(model, tokenizer, max_batch_size=args.batch_size)
+    engine = build_engine(args.engine, model, tokenizer, max_batch_size=args.batch_size,
+                          **({"seed": args.seed} if args.engine == "vllm" else {}))
     greedy = args.samples is None  # --samples K (even K = 1) asks for sampling at --temperature / --top-p
     sampling = SamplingParams(
         max_new_tokens=args.max_new_tokens,
@@ -544,7 +554,7 @@ def eval_command(args: argparse.Namespace) -> int:
         greedy=greedy,
         seed=args.seed,
     )
-    reward = build_reward()
+    reward = build_reward(grader=args.grader)
     try:
         report = evaluate(
             engine,
@@ -557,16 +567,19 @@ def eval_command(args: argparse.Namespace) -> int:
             system_prompt=args.system_prompt,
         )
     finally:
-        close = getattr(reward, "close", None)  # the math reward owns verifier worker processes
-        if close is not None:
-            close()
+        for owner in (reward, engine):  # the math reward owns verifier worker processes; vLLM its memory
+            close = getattr(owner, "close", None)
+            if close is not None:
+                close()
     report.config = {
         "model": str(args.model),
         "model_path": model_path,
         "benchmarks": ",".join(names),
+        "engine": args.engine,
         "data_dir": data_dir,
         "limit": args.limit,
         "seed": args.seed,
+        "grader": args.grader,
         "dtype": args.dtype,
         "device": device,
         **report.config,
@@ -593,7 +606,7 @@ def evaluate_during_training(config, engine: RolloutEngine, tokenizer, eval_sets
 
 def comparison_table(before, after, fmt: str = "text") -> str:
     """Held-out Pass@1 before vs after training, per benchmark and averaged."""
-    before_rows, after_rows = _pass_at_1(before), _pass_at_1(after)
+    before_rows, after_rows = pass_at_1_by_benchmark(before), pass_at_1_by_benchmark(after)
     header = ["benchmark", "pass@1 before", "pass@1 after", "change"]
     rows = []
     for name in after_rows:
@@ -607,7 +620,8 @@ def comparison_table(before, after, fmt: str = "text") -> str:
     return "\n".join([fmt_row(*header), fmt_row(*["-" * w for w in widths])] + [fmt_row(*row) for row in rows])
 
 
-def _pass_at_1(report) -> dict[str, float]:
+def pass_at_1_by_benchmark(report) -> dict[str, float]:
+    """Benchmark name (and "average") -> Pass@1 of an `EvalReport`; {} for None."""
     if report is None:
         return {}
     metrics = report.metrics(prefix="eval")

@@ -41,6 +41,10 @@ class StepBatch:
     advantages: torch.Tensor | None = None  # [B, R]
     returns: torch.Tensor | None = None
     old_values: torch.Tensor | None = None
+    # the trainer's log-probs of the responses under the policy that generated them (replayed rows: stored at
+    # generation time; fresh rows: filled with pi_k); the sampler-trainer mismatch is behaviour_logp vs these
+    trainer_behaviour_logp: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None  # [B, R] TIS / MIS weights multiplying the token losses
 
 
 @dataclass
@@ -87,33 +91,41 @@ def make_groups(config: Config, step: int, indices: list[int], examples: Sequenc
 def assemble(fresh: list[RolloutGroup], replay: list[RolloutGroup], pad_id: int, device: torch.device) -> StepBatch:
     """The step's batch: every response of the fresh groups, then of the replayed groups."""
     prompts, responses, behaviour, rewards, advantages, is_replay, versions = [], [], [], [], [], [], []
+    trainer_behaviour = []
     for groups, replayed in ((fresh, False), (replay, True)):
         for group in groups:
             for i, response in enumerate(group.response_ids):
                 prompts.append(group.prompt_ids)
                 responses.append(response)
                 behaviour.append(group.behaviour_logprobs[i])
+                trainer_behaviour.append(group.behaviour_logprobs[i] if group.trainer_logprobs is None
+                                         else group.trainer_logprobs[i])
                 rewards.append(float(group.rewards[i]))
                 advantages.append(float(group.advantages[i]))
                 is_replay.append(replayed)
                 versions.append(group.version)
     tokens = collate(prompts, responses, pad_id).to(device)
     behaviour_logp = torch.zeros(tokens.response_ids.shape, dtype=torch.float32)
-    for row, values in enumerate(behaviour):
+    trainer_logp = torch.zeros(tokens.response_ids.shape, dtype=torch.float32)
+    for row, (values, trainer_values) in enumerate(zip(behaviour, trainer_behaviour)):
         behaviour_logp[row, :len(values)] = values
+        trainer_logp[row, :len(values)] = trainer_values
     return StepBatch(tokens=tokens, behaviour_logp=behaviour_logp.to(device),
+                     trainer_behaviour_logp=trainer_logp.to(device),
                      rewards=torch.tensor(rewards, device=device),
                      sequence_advantages=torch.tensor(advantages, device=device),
                      is_replay=torch.tensor(is_replay, device=device),
                      versions=torch.tensor(versions, device=device))
 
 
-def store_behaviour(groups: list[RolloutGroup], behaviour_logp: torch.Tensor) -> None:
-    """Write the batch's behaviour log-probs of the fresh rows back into their groups (fresh rows come first)."""
+def store_behaviour(groups: list[RolloutGroup], logp: torch.Tensor, attribute: str = "behaviour_logprobs") -> None:
+    """Write the batch's log-probs of the fresh rows back into their groups' `attribute` (fresh rows come first)."""
     row = 0
     for group in groups:
+        if getattr(group, attribute) is None:
+            setattr(group, attribute, [None] * group.num_responses)
         for i, response in enumerate(group.response_ids):
-            group.behaviour_logprobs[i] = behaviour_logp[row, :len(response)].detach().cpu().clone()
+            getattr(group, attribute)[i] = logp[row, :len(response)].detach().cpu().clone()
             row += 1
 
 
@@ -131,9 +143,10 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
     budget = config.train.micro_batch_tokens
     metrics: dict[str, float] = {}
     policy.eval()
-    with autocast_context(tokens.input_ids.device, config.model.autocast_bf16):
+    with autocast_context(tokens.input_ids.device, config.model.bf16):
         with gathered(policy):
-            proximal, entropy = token_logprobs(policy, tokens, temperature, with_entropy=True, max_tokens=budget)
+            proximal, entropy = token_logprobs(policy, tokens, temperature, with_entropy=True, max_tokens=budget,
+                                               chunk_tokens=config.train.logprob_chunk_tokens)
         batch.proximal_logp = proximal.float()
         metrics["entropy"] = float(algos.masked_mean(entropy.float(), mask))
         fresh = ~batch.is_replay
@@ -143,6 +156,8 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
         if config.rollout.behaviour_logprobs == "recompute":
             # fresh data: behaviour = pi_k as the trainer computes it, so their clip centre is exactly 1
             batch.behaviour_logp[fresh] = batch.proximal_logp[fresh]
+        else:
+            metrics.update(mismatch_correction(config, batch))
         if references.reference is not None:
             with gathered(references.reference):
                 batch.reference_logp = references.reference_logprobs(tokens, temperature, budget)
@@ -159,6 +174,30 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
             with gathered(critic):
                 batch.old_values = token_values(critic, tokens, max_tokens=budget).float()
     policy.train()
+    return metrics
+
+
+def mismatch_correction(config: Config, batch: StepBatch) -> dict[str, float]:
+    """Sampler (engine) vs trainer log-probs of the behaviour policy, by fresh / replayed data; with
+    rollout.is_correction=tis|mis, the loss then uses the trainer's log-probs as behaviour and IS weights."""
+    ro, mask = config.rollout, batch.tokens.response_mask
+    fresh = ~batch.is_replay
+    batch.trainer_behaviour_logp[fresh] = batch.proximal_logp[fresh]
+    gap = (batch.trainer_behaviour_logp - batch.behaviour_logp).abs()
+    metrics: dict[str, float] = {}
+    for kind, rows in (("fresh", fresh), ("replay", batch.is_replay)):
+        if bool(rows.any()) and bool(mask[rows].any()):
+            metrics[f"logprob_mismatch/{kind}_mean"] = float(algos.masked_mean(gap[rows], mask[rows]))
+            metrics[f"logprob_mismatch/{kind}_max"] = float((gap[rows] * mask[rows]).max())
+    if ro.is_correction == "none":
+        return metrics
+    raw = algos.raw_is_weights(batch.trainer_behaviour_logp, batch.behaviour_logp, mask, ro.is_level)
+    batch.is_weights = algos.mismatch_is_weights(batch.trainer_behaviour_logp, batch.behaviour_logp, mask,
+                                                 ro.is_correction, ro.is_cap, ro.is_level)
+    batch.behaviour_logp = batch.trainer_behaviour_logp.clone()
+    for kind, rows in (("", torch.ones_like(fresh)), ("fresh_", fresh), ("replay_", batch.is_replay)):
+        stats = algos.is_weight_statistics(raw[rows], batch.is_weights[rows], mask[rows])
+        metrics.update({f"is_correction/{kind}{name}": value for name, value in stats.items()})
     return metrics
 
 

@@ -89,11 +89,14 @@ def step_summary(record: dict[str, Any], total_steps: int) -> str:
             f"kl {record.get('kl/base', 0.0):.4f} {record['time/step']:.1f}s")
 
 
-def report_step(record: dict[str, Any], total_steps: int, progress=None) -> None:
-    """Print a step's summary line above the tqdm bar `progress`, or log it when there is no bar."""
+def report_step(record: dict[str, Any], total_steps: int, progress=None, alarm=None) -> None:
+    """Print a step's summary line above the tqdm bar `progress`, or log it when there is no bar; a reward-hacking
+    `alarm` is appended as a warning."""
     summary = step_summary(record, total_steps)
+    if alarm is not None:
+        summary += f"  WARNING {alarm.message}"
     if progress is None:
-        logger.info(summary)
+        (logger.info if alarm is None else logger.warning)(summary)
         return
     progress.set_postfix(reward=f"{record['reward/mean']:.3f}", rollouts=record["rollouts/total"])
     progress.write(summary)

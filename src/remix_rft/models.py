@@ -276,19 +276,12 @@ def _smollm2_token_ids() -> tuple[int, int, int, int]:
     return len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
 
 
-def build_tiny_model(
-    seed: int = 0,
-    num_layers: int = 2,
-    hidden_size: int = 64,
-    num_heads: int = 4,
-    intermediate_size: int = 128,
-) -> PreTrainedModel:
-    """A small randomly initialised Llama with the SmolLM2 vocabulary (float32, eval mode, seeded init).
-
-    Seeding happens inside a forked RNG so building a model never changes the caller's random stream.
-    """
+def tiny_model_config(
+    num_layers: int = 2, hidden_size: int = 64, num_heads: int = 4, intermediate_size: int = 128
+) -> LlamaConfig:
+    """The config of `build_tiny_model` (a small Llama with the SmolLM2 vocabulary); no weights."""
     vocab_size, bos, eos, pad = _smollm2_token_ids()
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -301,11 +294,41 @@ def build_tiny_model(
         eos_token_id=eos,
         pad_token_id=pad,
     )
+
+
+def build_tiny_model(
+    seed: int = 0,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    num_heads: int = 4,
+    intermediate_size: int = 128,
+) -> PreTrainedModel:
+    """A small randomly initialised Llama with the SmolLM2 vocabulary (float32, eval mode, seeded init).
+
+    Seeding happens inside a forked RNG so building a model never changes the caller's random stream.
+    """
+    config = tiny_model_config(num_layers, hidden_size, num_heads, intermediate_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=[eos], pad_token_id=pad)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=[config.eos_token_id], pad_token_id=config.pad_token_id
+    )
     return model.to(torch.float32).eval()
+
+
+def frozen_copy(model: nn.Module, dtype: str | torch.dtype) -> nn.Module:
+    """An eval-mode, grad-free copy of `model` stored in `dtype` (the compute dtype: bf16 under mixed precision).
+
+    Parameters are cast one by one while copying, so a float32 model never exists twice in memory.
+    """
+    torch_dtype = parse_dtype(dtype)
+    memo = {id(p): nn.Parameter(p.detach().to(torch_dtype, copy=True), requires_grad=False)
+            for p in model.parameters()}  # tied weights share one id, so they stay tied in the copy
+    clone = copy.deepcopy(model, memo=memo)
+    clone.eval()
+    clone.requires_grad_(False)
+    return clone
 
 
 def autocast_context(device: str | torch.device, enabled: bool) -> contextlib.AbstractContextManager:

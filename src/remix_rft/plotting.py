@@ -343,6 +343,73 @@ def plot_runs(
     return written
 
 
+@dataclass(frozen=True)
+class BandPoint:
+    """One evaluation/step of a run repeated over seeds: the mean and the band (min..max) across seeds."""
+
+    x: float
+    mean: float
+    low: float
+    high: float
+    seeds: int
+
+
+def seed_band(runs: Sequence[RunLog], source: str, x_key: str, y_key: str) -> list[BandPoint]:
+    """Aggregate one run's repeats (seeds) step by step: x is the mean of `x_key` over the seeds that logged that
+    step (rollouts/total is the same for every seed of a run), y the mean of `y_key`, the band its min and max."""
+    by_step: dict[float, list[tuple[float, float]]] = {}
+    for run in runs:
+        for row in run.train if source == "train" else run.evals:
+            if _is_number(row.get("step")) and _is_number(row.get(x_key)) and _is_number(row.get(y_key)):
+                by_step.setdefault(float(row["step"]), []).append((float(row[x_key]), float(row[y_key])))
+    points = []
+    for step in sorted(by_step):
+        pairs = by_step[step]
+        ys = [y for _, y in pairs]
+        points.append(BandPoint(sum(x for x, _ in pairs) / len(pairs), sum(ys) / len(ys), min(ys), max(ys),
+                                len(pairs)))
+    return points
+
+
+def plot_seed_bands(
+    groups: Sequence[tuple[str, Sequence[RunLog]]], out_path: Path, *, source: str, x_key: str, y_key: str,
+    title: str, x_label: str, y_label: str,
+) -> bool:
+    """One line per labelled group of runs (a run's seeds): the mean over seeds with a shaded min-max band.
+
+    Returns False, writing nothing, when no group logged `y_key`."""
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure, axes = plt.subplots(figsize=(7.5, 4.8))
+    drew_any = False
+    try:
+        for index, (label, runs) in enumerate(groups):
+            points = seed_band(runs, source, x_key, y_key)
+            if not points:
+                continue
+            colour = colours[index % len(colours)]
+            xs = [p.x for p in points]
+            seeds = max(p.seeds for p in points)
+            axes.plot(xs, [p.mean for p in points], color=colour, marker="." if len(xs) < 30 else None,
+                      label=label if seeds == 1 else f"{label} (mean of {seeds} seeds, band: min-max)")
+            if seeds > 1:
+                axes.fill_between(xs, [p.low for p in points], [p.high for p in points], color=colour, alpha=0.2,
+                                  linewidth=0)
+            drew_any = True
+        if not drew_any:
+            return False
+        axes.set_title(title)
+        axes.set_xlabel(x_label)
+        axes.set_ylabel(y_label)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+        figure.tight_layout()
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(out_path, dpi=120)
+        return True
+    finally:
+        plt.close(figure)
+
+
 def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "run_dirs",

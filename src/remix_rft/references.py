@@ -5,7 +5,6 @@ Policy reincarnation (METHOD.md) swaps the base: the current policy becomes the 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
@@ -13,14 +12,7 @@ import torch
 from remix_rft import algos
 from remix_rft.batching import TokenBatch, token_logprobs
 from remix_rft.config import Config
-
-
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy in eval mode with no gradients."""
-    clone = copy.deepcopy(model)
-    clone.eval()
-    clone.requires_grad_(False)
-    return clone
+from remix_rft.models import frozen_copy
 
 
 def kl_term(logp: torch.Tensor, reference_logp: torch.Tensor, precedent_logp: torch.Tensor | None,
@@ -41,18 +33,23 @@ class FrozenReferences:
         self.uses_kl = config.algorithm.kl_coef > 0
         remix = config.remix
         needs_lagged = self.uses_kl and remix.enabled and remix.kl_convex and remix.precedent == "lagged"
-        self.reference = shard(frozen_copy(policy)) if self.uses_kl else None
-        self.lagged = shard(frozen_copy(policy)) if needs_lagged else None
+        # stored in the compute dtype: bf16 under mixed precision (they are never trained, so need no fp32 master)
+        dtype = config.model.compute_dtype
+        self.chunk_tokens = config.train.logprob_chunk_tokens
+        self.reference = shard(frozen_copy(policy, dtype)) if self.uses_kl else None
+        self.lagged = shard(frozen_copy(policy, dtype)) if needs_lagged else None
 
     def reference_logprobs(self, tokens: TokenBatch, temperature: float, max_tokens: int | None) -> torch.Tensor:
-        return token_logprobs(self.reference, tokens, temperature, max_tokens=max_tokens)[0].float()
+        return token_logprobs(self.reference, tokens, temperature, max_tokens=max_tokens,
+                              chunk_tokens=self.chunk_tokens)[0].float()
 
     def precedent_logprobs(self, tokens: TokenBatch, temperature: float, max_tokens: int | None,
                            proximal_logp: torch.Tensor) -> torch.Tensor:
         """pi_{k-1}'s log-probs; with `remix.precedent=proximal` pi_k's log-probs stand in for them."""
         if self.lagged is None:
             return proximal_logp
-        return token_logprobs(self.lagged, tokens, temperature, max_tokens=max_tokens)[0].float()
+        return token_logprobs(self.lagged, tokens, temperature, max_tokens=max_tokens,
+                              chunk_tokens=self.chunk_tokens)[0].float()
 
     def advance_precedent(self, policy: torch.nn.Module) -> None:
         """The lagged policy now holds pi_k, the precedent of the next step."""

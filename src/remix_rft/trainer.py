@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from remix_rft import checkpoint, evaluation, experience, metrics
+from remix_rft import checkpoint, evaluation, experience, metrics, perf
 from remix_rft.actor import Actor
 from remix_rft.buffer import ReplayBuffer
 from remix_rft.checkpoint import TrainingState, TrainState, latest_checkpoint
@@ -39,13 +40,14 @@ from remix_rft.data.sampler import PromptSampler, TrainingPrompts
 from remix_rft.data.types import Example
 from remix_rft.distributed import Distributed
 from remix_rft.errors import ConfigError, PathNotFoundError
-from remix_rft.evaluation import comparison_table, report_before_after
+from remix_rft.evaluation import comparison_table, pass_at_1_by_benchmark, report_before_after
 from remix_rft.experience import FreshRollouts
 from remix_rft.metrics import MetricsLogger, peak_rss_mb
 from remix_rft.models import autocast_context, load_model, load_tokenizer
-from remix_rft.references import FrozenReferences, frozen_copy
+from remix_rft.references import FrozenReferences
 from remix_rft.rewards import build_reward
-from remix_rft.rollout import SamplingParams, build_engine
+from remix_rft.rewards.hacking import build_hacking_monitor
+from remix_rft.rollout import SamplingParams, build_engine, engine_options
 from remix_rft.schedule import StepPlan, build_schedule
 
 __all__ = ["PromptSampler", "TrainState", "Trainer", "comparison_table", "config_for_resume", "peak_rss_mb",
@@ -79,28 +81,34 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
 
         self.pad_id = self.tokenizer.pad_token_id
-        policy = load_model(cfg.model.name, dtype=cfg.model.dtype).to(self.device)
+        # float32 master weights whatever model.dtype says: bf16 runs as autocast, so AdamW's small updates are not
+        # rounded away (at lr 1e-6 most are below half a bf16 ulp); frozen copies take the compute dtype
+        policy = load_model(cfg.model.name, dtype="float32").to(self.device)
         policy.train()
         if cfg.model.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
-        shard = lambda model: self.dist.shard(model, bf16=cfg.model.autocast_bf16)  # noqa: E731
+        shard = lambda model: self.dist.shard(model, bf16=cfg.model.bf16)  # noqa: E731
         self.references = FrozenReferences(policy, cfg, shard=shard)
         self.critic = Critic(policy, cfg, self.device, self.dist) if cfg.algorithm.name == "ppo" else None
         self.actor = Actor(shard(policy), cfg, self.dist)
-        self.engine = build_engine(cfg.rollout.engine, policy, self.tokenizer,
-                                   max_batch_size=cfg.rollout.max_batch_size, autocast_bf16=cfg.model.autocast_bf16)
+        self.engine = build_engine(cfg.rollout.engine, policy, self.tokenizer, **engine_options(cfg))
+        self._engine_weights_step: int | None = 0  # the step whose weights the engine holds (built from step 0's)
+        self._peak_flops: float | None = None  # measured on first use (perf/mfu)
         self.reward = build_reward(cfg.reward.name, format_weight=cfg.reward.format_weight, timeout=cfg.reward.timeout,
                                    correct_reward=cfg.reward.correct_reward,
                                    incorrect_reward=cfg.reward.incorrect_reward,
                                    require_boxed=cfg.reward.require_boxed, num_workers=cfg.reward.num_workers,
-                                   custom=cfg.reward.custom)
+                                   custom=cfg.reward.custom, grader=cfg.reward.grader)
+        self.hacking = build_hacking_monitor(cfg.reward, self.reward, seed=cfg.train.seed)
+        self.stop_reason: str | None = None  # set when the reward-hacking alarm ends the run
         self.schedule = build_schedule(cfg)
         self.buffer = ReplayBuffer(cfg.remix.history_window, seed=cfg.train.seed + self.dist.rank)
         self.state = TrainState()
         self.eval_history: list[tuple[int, Any]] = []
 
         if resume_from is not None:
-            self.state = checkpoint.read_training_state(resume_from, self._training_state(), cfg.model.dtype)
+            self.state = checkpoint.read_training_state(resume_from, self._training_state(),
+                                                     dtype=cfg.model.compute_dtype)
         # rank 0 writes the run's metrics (after dropping lines logged after the checkpoint)
         self.metrics = MetricsLogger.for_run(cfg, self.run_dir, resume_step=self.state.step if resume_from else None) \
             if self.dist.is_main else None
@@ -109,10 +117,8 @@ class Trainer:
     def policy(self) -> torch.nn.Module:
         return self.actor.model
 
-    _frozen_copy = staticmethod(frozen_copy)
-
     def _autocast(self):
-        return autocast_context(self.device, self.config.model.autocast_bf16)
+        return autocast_context(self.device, self.config.model.bf16)
 
     def _sampling(self, step: int) -> SamplingParams:
         ro = self.config.rollout
@@ -122,7 +128,8 @@ class Trainer:
 
     def _training_state(self) -> TrainingState:
         return TrainingState(state=self.state, actor=self.actor, critic=self.critic, references=self.references,
-                             buffer=self.buffer, prompts=self.prompts, tokenizer=self.tokenizer, dist=self.dist)
+                             buffer=self.buffer, prompts=self.prompts, tokenizer=self.tokenizer, dist=self.dist,
+                             hacking=self.hacking)
 
     def train_step(self, step: int) -> dict[str, Any]:
         plan = self.begin_step(step)
@@ -143,13 +150,16 @@ class Trainer:
         start, stop = self.dist.share(plan.fresh_prompts)
         indices = self.prompts.next(plan.fresh_prompts)[start:stop]
         t0 = time.perf_counter()
+        self._sync_engine()  # every rank: a sharded parameter is gathered one tensor at a time
+        t_sync = time.perf_counter()
         with self.dist.gathered(self.policy):
             rollouts = self.engine.generate([self.prompts.prompt(i) for i in indices],
                                             self.config.train.samples_per_prompt, self._sampling(step))
         t1 = time.perf_counter()
         scores = self.reward.score([r.text for r in rollouts],
                                    [self.prompts.examples[indices[r.prompt_index]] for r in rollouts])
-        return FreshRollouts(indices, rollouts, scores, {"generation": t1 - t0, "scoring": time.perf_counter() - t1})
+        return FreshRollouts(indices, rollouts, scores, {"weight_sync": t_sync - t0, "generation": t1 - t_sync,
+                                                         "scoring": time.perf_counter() - t1})
 
     def learn(self, step: int, plan: StepPlan, fresh: FreshRollouts) -> dict[str, Any]:
         """Steps 3-7 on this rank's fresh rollouts; returns the step's metrics (reduced over ranks)."""
@@ -172,6 +182,8 @@ class Trainer:
         if cfg.rollout.behaviour_logprobs == "recompute":
             # when replayed, these groups must carry the behaviour log-probs they were trained with as fresh data
             experience.store_behaviour(fresh_groups, batch.behaviour_logp)
+        else:  # keep the engine's (true behaviour) log-probs, and the trainer's for the mismatch correction
+            experience.store_behaviour(fresh_groups, batch.proximal_logp, "trainer_logprobs")
 
         # 5. advantages
         experience.compute_advantages(cfg, batch, plan)
@@ -200,11 +212,21 @@ class Trainer:
 
         record = experience.step_record(step, plan, rollouts, fresh.scores, batch, replay_groups, self.state)
         record.update({"buffer/groups": len(self.buffer), "lr": self.actor.lr, **pass_metrics, **update_metrics})
+        record.update(self.hacking.observe_step(step, [r.text for r in rollouts],
+                                                [self.prompts.examples[fresh.indices[r.prompt_index]] for r in rollouts],
+                                                fresh.scores, [len(r.response_ids) for r in rollouts]))
         record.update({f"time/{k}": v for k, v in times.items()})
+        record.update(perf.throughput_metrics(perf.step_work(self.policy, self.critic, self.references, batch, rollouts,
+                                                             plan), times, self._peak()))
         record.update(metrics.peak_memory_mb(self.device))
         record = metrics.reduce_over_ranks(record, self.dist, len(rollouts), float(batch.tokens.response_mask.sum()))
         record["distributed/world_size"] = self.dist.world_size
         return record
+
+    def _peak(self) -> float:
+        if self._peak_flops is None:
+            self._peak_flops = perf.peak_flops_per_s(self.device, self.config.model.bf16, self.config.train.peak_tflops)
+        return self._peak_flops
 
     def _reincarnate(self, step: int) -> None:
         self.references.reincarnate(self.policy)
@@ -221,6 +243,7 @@ class Trainer:
 
     def evaluate(self, step: int):
         """Held-out evaluation on rank 0 (the other ranks lend it their parameter shards meanwhile)."""
+        self._sync_engine()  # an engine with its own weights (vLLM) evaluates the current policy
         with self.dist.gathered(self.policy):
             if not self.dist.is_main:
                 return None
@@ -230,6 +253,7 @@ class Trainer:
         self._log({"type": "eval", "step": step, "rollouts/total": self.state.rollouts_total,
                    "tokens/total": self.state.tokens_total, **report.metrics(prefix="eval")})
         self.eval_history.append((step, report))
+        self.hacking.observe_eval(step, pass_at_1_by_benchmark(report))
         return report
 
     def save(self) -> Path:
@@ -250,27 +274,44 @@ class Trainer:
         for step in progress:
             record = self.train_step(step)
             self._log(record)
+            alarm = self.dist.broadcast_object(self.hacking.alarm)  # rank 0's monitor decides for every rank
             if self.dist.is_main:
-                metrics.report_step(record, cfg.train.steps, progress if cfg.logging.progress else None)
+                if alarm is not None:
+                    self._log(alarm.event())
+                metrics.report_step(record, cfg.train.steps, progress if cfg.logging.progress else None, alarm)
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
                 self.evaluate(step)
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
                 self.save()
             if self.on_step_end is not None:
                 self.on_step_end(self, record)
+            if alarm is not None and cfg.reward.stop_on_hacking:
+                self.stop_reason = f"stopped (reward.stop_on_hacking): {alarm.message}"
+                logger.error("%s; checkpoint saved in %s", self.stop_reason, self.save())
+                break
         progress.close()
+        if self.stop_reason is not None:
+            return record
         if cfg.checkpoint.save_final:
             self.save()
         if cfg.eval.after_training and cfg.eval.benchmarks:
             self.evaluate(self.state.step)
         return record
 
+    def _sync_engine(self) -> None:
+        """Push the policy's weights into an engine holding its own copy (vLLM), once per weight change."""
+        if self._engine_weights_step != self.state.step:
+            self.engine.update_weights(self.policy)
+            self._engine_weights_step = self.state.step
+
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
-        close = getattr(self.reward, "close", None)
-        if close is not None:
-            close()
+        self.hacking.close()
+        for owner in (self.reward, self.engine):  # verifier worker processes; a vLLM engine's memory
+            close = getattr(owner, "close", None)
+            if close is not None:
+                close()
         self.dist.close()
 
 
@@ -290,6 +331,8 @@ def run_training(config: Config, resume: Path | None = None,
         trainer.close()
     if trainer.dist.is_main:
         report_before_after(trainer.eval_history, trainer.run_dir, trainer.state.rollouts_total)
+        if trainer.stop_reason is not None:
+            print(f"\n{trainer.stop_reason}", file=sys.stderr)
         print(f"run directory: {trainer.run_dir}")
     return trainer
 

@@ -105,6 +105,7 @@ def minibatch_step(tokens: TokenBatch, rows: torch.Tensor, optimizer: torch.opti
         logger.warning("step %d: non-finite %s loss or gradient, update skipped (weights untouched)", step, what)
         return None
     optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # no gradient memory held through generation and log-prob passes
     if dist.active:
         total = dist.all_reduce([total])[0]
     return total, grad_norm

@@ -3,6 +3,7 @@
 - core: masked reductions, `agg_loss`, the Mix-PPG clipped `policy_loss`, KL penalties and KL-Convex,
   the critic's `value_loss`, entropy, off-policy health statistics.
 - advantages: GRPO / Dr.GRPO group advantages, GAE, sequence-reward placement.
+- is_correction: truncated / masked importance weights for the sampler-trainer mismatch (TIS / MIS).
 - registry: name -> function registries for policy losses and advantage estimators.
 """
 
@@ -24,6 +25,13 @@ from remix_rft.algos.core import (
     ratio_statistics,
     value_loss,
 )
+from remix_rft.algos.is_correction import (
+    IS_CORRECTIONS,
+    IS_LEVELS,
+    is_weight_statistics,
+    mismatch_is_weights,
+    raw_is_weights,
+)
 from remix_rft.algos.registry import (
     ADVANTAGE_ESTIMATORS,
     POLICY_LOSSES,
@@ -36,6 +44,8 @@ from remix_rft.algos.registry import (
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "IS_CORRECTIONS",
+    "IS_LEVELS",
     "AGG_MODES",
     "KL_KINDS",
     "LOG_RATIO_CLAMP",
@@ -48,14 +58,17 @@ __all__ = [
     "get_advantage_estimator",
     "get_policy_loss",
     "grpo_advantages",
+    "is_weight_statistics",
     "kl_convex",
     "kl_convex_weight",
     "kl_penalty",
     "masked_mean",
     "masked_sum",
     "masked_whiten",
+    "mismatch_is_weights",
     "policy_loss",
     "ratio_statistics",
+    "raw_is_weights",
     "register_advantage_estimator",
     "register_policy_loss",
     "sequence_rewards_to_tokens",

@@ -118,6 +118,7 @@ def policy_loss(
     agg: str = "token-mean",
     norm_len: float | None = None,
     clip_eps_high: float | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mix-PPG (GePPO) clipped surrogate loss (METHOD.md section 1).
 
@@ -127,6 +128,8 @@ def policy_loss(
         loss   = -min(r * A, clamp(r, c - eps, c + eps) * A)
     With proximal == behaviour (or proximal_logp=None) c = 1 and this is exactly PPO/GRPO's clipped loss.
     `clip_eps_high` (DAPO "clip-higher") sets the upper half-width separately; default: clip_eps.
+    `is_weights` [batch, tokens] (detached) multiply each token's loss: the sampler-trainer mismatch correction
+    of `algos.mismatch_is_weights` (TIS / MIS), with behaviour_logp then being the trainer's own log-probs.
 
     `advantages` is [batch, tokens], or [batch] (broadcast over tokens). behaviour_logp and proximal_logp are
     data: they are detached. Computation runs in float32 whatever the input dtype.
@@ -164,6 +167,9 @@ def policy_loss(
     unclipped = -ratio * advantages
     clipped = -torch.clamp(ratio, centre - clip_eps, centre + eps_high) * advantages
     token_loss = torch.maximum(unclipped, clipped)  # -min(a, b) == max(-a, -b)
+    if is_weights is not None:
+        _check_same_shape(logp=logp, is_weights=is_weights)
+        token_loss = token_loss * is_weights.detach().float()
     loss = agg_loss(token_loss, mask, agg, norm_len)
 
     with torch.no_grad():

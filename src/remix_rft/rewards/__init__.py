@@ -1,6 +1,15 @@
 """Rewards: the paper's math-correctness reward (math-verify in killable worker processes), a format bonus,
 user functions by import path, and their sum."""
 
+from remix_rft.rewards.answer_policy import (
+    STATUS_HEDGED,
+    STATUS_NOT_LITERAL,
+    FinalAnswer,
+    Judgement,
+    final_answer,
+    judge,
+    parse_literal,
+)
 from remix_rft.rewards.base import RewardFunction, Score
 from remix_rft.rewards.combined import CombinedReward
 from remix_rft.rewards.custom import CustomReward, load_callable
@@ -8,6 +17,7 @@ from remix_rft.rewards.factory import GRADING_PROBLEMS, REWARD_NAMES, build_rewa
 from remix_rft.rewards.format_reward import FormatReward
 from remix_rft.rewards.math_reward import (
     DEFAULT_MAX_RESPONSE_CHARS,
+    GRADERS,
     STATUS_RESTATED,
     MathReward,
     answer_region,
@@ -18,6 +28,14 @@ from remix_rft.rewards.verifier import STATUSES, GradeResult, VerifierError, Ver
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_CHARS",
+    "GRADERS",
+    "STATUS_HEDGED",
+    "STATUS_NOT_LITERAL",
+    "FinalAnswer",
+    "Judgement",
+    "final_answer",
+    "judge",
+    "parse_literal",
     "GRADING_PROBLEMS",
     "REWARD_NAMES",
     "STATUSES",

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from remix_rft.errors import ConfigError
+from remix_rft.rewards.answer_policy import STATUS_HEDGED, STATUS_NOT_LITERAL, STATUS_RESTATED
 from remix_rft.rewards.base import RewardFunction, Score
 from remix_rft.rewards.combined import CombinedReward
 from remix_rft.rewards.custom import CustomReward
 from remix_rft.rewards.format_reward import FormatReward
-from remix_rft.rewards.math_reward import STATUS_RESTATED, MathReward
+from remix_rft.rewards.math_reward import MathReward
 from remix_rft.rewards.verifier import DEFAULT_TIMEOUT, STATUS_ERROR, STATUS_NO_ANSWER, STATUS_TIMEOUT
 
 REWARD_NAMES = ("math", "custom")
@@ -25,10 +26,12 @@ def build_reward(
     require_boxed: bool = False,
     num_workers: int = 1,
     custom: str | None = None,
+    grader: str = "auto",
 ) -> RewardFunction:
     """The training / evaluation reward.
 
-    name "math": the paper's correctness reward; with `custom` the custom function's value is added to it.
+    name "math": the correctness reward under `grader` ("strict", "paper", or "auto": the paper's protocol on
+    the paper's five benchmarks, strict elsewhere; see `MathReward`); with `custom` the custom function's value is added to it.
     name "custom" (or a `package.module:function` path as the name): the custom function is the primary
     reward and decides correctness. `format_weight` > 0 adds that much for a `\\boxed{}` answer.
     """
@@ -42,6 +45,7 @@ def build_reward(
             incorrect_reward=incorrect_reward,
             require_boxed=require_boxed,
             num_workers=num_workers,
+            grader=grader,
         )
         if custom:
             extras.append(CustomReward(custom))
@@ -62,7 +66,9 @@ def build_reward(
 
 # the statuses counted per batch (logged as `verifier/<status>`): responses that got no reward for a reason other than
 # a wrong answer
-GRADING_PROBLEMS = (STATUS_NO_ANSWER, STATUS_TIMEOUT, STATUS_ERROR, STATUS_RESTATED)
+GRADING_PROBLEMS = (
+    STATUS_NO_ANSWER, STATUS_TIMEOUT, STATUS_ERROR, STATUS_RESTATED, STATUS_NOT_LITERAL, STATUS_HEDGED,
+)
 
 
 def summarise_scores(scores: Sequence[Score]) -> dict[str, float]:

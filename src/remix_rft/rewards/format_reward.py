@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from remix_rft.data.loaders import last_boxed_content
 from remix_rft.data.types import Example
+from remix_rft.rewards.answer_policy import THINK_END, answer_region
 from remix_rft.rewards.base import Score
-from remix_rft.rewards.math_reward import THINK_END, answer_region
 from remix_rft.rewards.verifier import STATUS_NO_ANSWER, STATUS_OK
 
 

@@ -1,8 +1,15 @@
-"""The paper's reward: 1 if the final answer is mathematically equivalent to the ground truth, else 0.
+"""The correctness reward: 1 if the final answer states the ground truth, else 0, under one of two protocols.
 
-The answer is looked for in the text after the last `</think>` (the whole response when there is none) and
-graded with math-verify, gold first, in killable worker processes (see `verifier.py`): a pathological
-response costs at most `timeout` seconds and is reported as status "timeout", never as a silent "wrong".
+"strict" (the default for training): the answer policy of `answer_policy.py` (docs/METHOD.md, Grading): the
+final answer is extracted by rule, must be a literal when the truth is one, and may not restate the question;
+only non-literal truths go to math-verify for equivalence. "paper": the paper's protocol, math-verify on the
+last box (or its own extraction), which evaluates expressions, with the `restated_problem` guard against a
+verbatim copy of the question. "auto": "paper" for the paper's five benchmarks (so their numbers compare with
+the paper's), "strict" for everything else.
+
+The answer is looked for in the text after the last `</think>` (the whole response when there is none);
+math-verify runs gold first in killable worker processes (see `verifier.py`): a pathological response costs at
+most `timeout` seconds and is reported as status "timeout", never as a silent "wrong".
 """
 
 from __future__ import annotations
@@ -12,19 +19,20 @@ import re
 from collections.abc import Sequence
 from decimal import Decimal
 
-from remix_rft.data.loaders import gsm8k_final_answer, last_boxed_content
+from remix_rft.data.loaders import BENCHMARKS, gsm8k_final_answer, last_boxed_content
 from remix_rft.data.types import Example, GroundTruth
+from remix_rft.rewards.answer_policy import STATUS_RESTATED, answer_region, judge
 from remix_rft.rewards.base import Score
 from remix_rft.rewards.verifier import DEFAULT_TIMEOUT, STATUS_NO_ANSWER, VerifierPool
 
-THINK_END = "</think>"
+GRADERS = ("strict", "paper", "auto")
+INTEGER_TASKS = ("arithmetic",)  # built-in tasks whose answers are integers: graded as exact integer literals
 # The final answer is at the end of a response; math-verify's extraction regexes run over the whole text and
 # some scale worse than linearly, so megabytes of degenerate output (repetition loops) are cut to their tail
 # before grading. 20k characters hold the last few pages of reasoning, far more than any final answer needs.
 DEFAULT_MAX_RESPONSE_CHARS = 20_000
-# math-verify evaluates expressions, so an "answer" that restates the question ("\boxed{8 - 65}" for "What is
-# 8 - 65?") grades as its value. A policy finds that within a few steps; such answers get this status and no reward.
-STATUS_RESTATED = "restated_problem"
+# math-verify evaluates expressions, so under the paper protocol an "answer" that restates the question
+# ("\boxed{8 - 65}" for "What is 8 - 65?") grades as its value; a verbatim copy gets STATUS_RESTATED and no reward.
 _LATEX_NOISE = re.compile(r"\\[,;:! ]|\\left|\\right|\$|\s+")
 _PLAIN_NUMBER = re.compile(r"-?\d[\d,]*(\.\d+)?|-?\.\d+")
 _BOXED = re.compile(r"^\\boxed\{(.*)\}$", re.DOTALL)
@@ -47,12 +55,6 @@ def restates_problem(extracted: str | None, problem: str, golds: Sequence[str]) 
     if not answer or _PLAIN_NUMBER.fullmatch(answer) or any(answer == _normalise(g) for g in golds):
         return False
     return answer in _normalise(problem)
-
-
-def answer_region(response: str) -> str:
-    """The part of a response that holds the final answer: the text after the last `</think>` when present."""
-    index = response.rfind(THINK_END)
-    return response[index + len(THINK_END) :] if index >= 0 else response
 
 
 def gold_answers(answer: GroundTruth, example_id: str = "") -> list[str]:
@@ -84,10 +86,11 @@ def gold_answers(answer: GroundTruth, example_id: str = "") -> list[str]:
 
 
 class MathReward:
-    """Rule-based correctness reward graded by math-verify in `num_workers` worker processes.
+    """Rule-based correctness reward; `grader` picks the protocol (module doc), math-verify runs in
+    `num_workers` worker processes.
 
-    The last `\\boxed{...}` is graded when there is one; otherwise math-verify extracts the answer ("final
-    answer is" anchors, then the final expression), unless `require_boxed`, which makes that "no_answer".
+    The last `\\boxed{...}` is graded when there is one; otherwise the final statement ("strict") or
+    math-verify's own extraction ("paper"), unless `require_boxed`, which makes that "no_answer".
     Owns its worker pool unless one is passed in; `close()` (or the context manager) stops the workers.
     """
 
@@ -101,7 +104,11 @@ class MathReward:
         num_workers: int = 1,
         max_response_chars: int = DEFAULT_MAX_RESPONSE_CHARS,
         pool: VerifierPool | None = None,
+        grader: str = "strict",
     ):
+        if grader not in GRADERS:
+            raise ValueError(f"grader must be one of {', '.join(GRADERS)}, got {grader!r}")
+        self.grader = grader
         if max_response_chars < 1:
             raise ValueError(f"max_response_chars must be >= 1, got {max_response_chars}")
         self.correct_reward = float(correct_reward)
@@ -131,9 +138,19 @@ class MathReward:
             raise ValueError(f"{len(responses)} responses but {len(examples)} examples")
         scores: list[Score | None] = [None] * len(responses)
         jobs, job_positions, job_golds = [], [], []
+        strict_extracted: dict[int, str | None] = {}
         for position, (response, example) in enumerate(zip(responses, examples)):
             golds = gold_answers(example.answer, example.id)
-            prediction = self.prediction_text(response)
+            if self.protocol(example) == "strict":
+                verdict = judge(response, example.problem, golds, require_boxed=self.require_boxed,
+                                integer_only=example.source in INTEGER_TASKS, max_chars=self.max_response_chars)
+                if verdict.correct is not None or verdict.prediction is None:
+                    scores[position] = self._score(bool(verdict.correct), verdict.extracted, verdict.status)
+                    continue
+                prediction: str | None = verdict.prediction
+                strict_extracted[position] = verdict.extracted
+            else:
+                prediction = self.prediction_text(response)
             if prediction is None:
                 scores[position] = Score(self.incorrect_reward, False, None, STATUS_NO_ANSWER)
                 continue
@@ -141,12 +158,24 @@ class MathReward:
             job_positions.append(position)
             job_golds.append(golds)
         for position, golds, result in zip(job_positions, job_golds, self.pool.grade_batch(jobs)):
+            if position in strict_extracted:  # the strict policy already ruled out restated answers
+                extracted = strict_extracted[position] if result.status != "timeout" else None
+                scores[position] = self._score(result.correct, extracted, result.status)
+                continue
             if result.correct and restates_problem(result.extracted, examples[position].problem, golds):
                 scores[position] = Score(self.incorrect_reward, False, result.extracted, STATUS_RESTATED)
                 continue
-            reward = self.correct_reward if result.correct else self.incorrect_reward
-            scores[position] = Score(reward, result.correct, result.extracted, result.status)
+            scores[position] = self._score(result.correct, result.extracted, result.status)
         return [score for score in scores if score is not None]
+
+    def protocol(self, example: Example) -> str:
+        """"strict" or "paper" for this example ("auto": the paper's protocol on the paper's benchmarks)."""
+        if self.grader == "auto":
+            return "paper" if example.source in BENCHMARKS else "strict"
+        return self.grader
+
+    def _score(self, correct: bool, extracted: str | None, status: str) -> Score:
+        return Score(self.correct_reward if correct else self.incorrect_reward, correct, extracted, status)
 
     def close(self) -> None:
         if self._owns_pool:

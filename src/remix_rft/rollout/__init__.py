@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .base import Rollout, RolloutEngine, SamplingParams
 from .hf import HFRolloutEngine
 
-ENGINES: dict[str, type] = {"hf": HFRolloutEngine}
+if TYPE_CHECKING:
+    from remix_rft.config import Config
+
+
+def _vllm_engine(*args: Any, **options: Any) -> RolloutEngine:
+    from .vllm import VLLMRolloutEngine  # vllm is optional: imported only when asked for
+
+    return VLLMRolloutEngine(*args, **options)
+
+
+ENGINES: dict[str, Any] = {"hf": HFRolloutEngine, "vllm": _vllm_engine}
 
 
 def build_engine(
@@ -21,4 +31,17 @@ def build_engine(
     return ENGINES[name](model, tokenizer, **options)
 
 
-__all__ = ["ENGINES", "HFRolloutEngine", "Rollout", "RolloutEngine", "SamplingParams", "build_engine"]
+def engine_options(config: Config) -> dict[str, Any]:
+    """The keyword options `build_engine` passes to the engine named by `config.rollout.engine`."""
+    ro = config.rollout
+    options: dict[str, Any] = {"max_batch_size": ro.max_batch_size, "autocast_bf16": config.model.bf16}
+    if ro.engine == "vllm":
+        options.update(
+            gpu_memory_utilization=ro.gpu_memory_utilization, tensor_parallel_size=ro.tensor_parallel_size,
+            max_model_len=ro.max_model_len, seed=config.train.seed, enable_sleep_mode=ro.enable_sleep_mode,
+            dtype=ro.dtype or ("bfloat16" if config.model.bf16 else None),  # the compute dtype, not fp32 masters kv_cache_memory_bytes=int(ro.kv_cache_gb * 2**30) if ro.kv_cache_gb else None,
+        )
+    return options
+
+
+__all__ = ["ENGINES", "HFRolloutEngine", "Rollout", "RolloutEngine", "SamplingParams", "build_engine", "engine_options"]

@@ -1,0 +1,74 @@
+"""Audit held-out answers: regrade evaluation samples (`eval/step_*/samples.jsonl`) with the strict and the paper
+grader and print, per file, the accuracy under each, the status counts, and the answers whose verdict differs.
+
+    python benchmarks/regrade.py runs/efficiency/remix-grpo/eval/step_*/samples.jsonl
+    python benchmarks/regrade.py --show 20 runs/my-run/eval/step_000012/samples.jsonl
+
+The problem text is taken from the stored prompt (the chat-formatted problem), which is what the restated-question
+check needs; the benchmark name is the example's source (so "auto" would pick the paper protocol for the five
+paper benchmarks). Every verdict is recomputed, nothing is read from the file's own `correct` field except for the
+"as logged" column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+from remix_rft.data.types import Example
+from remix_rft.evaluation import markdown_table
+from remix_rft.rewards import MathReward
+
+
+def load_samples(path: Path) -> list[dict]:
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        missing = [key for key in ("prompt", "response", "ground_truth") if key not in record]
+        if missing:
+            raise ValueError(f"{path}, line {number}: not an eval sample (missing {missing})")
+        records.append(record)
+    return records
+
+
+def regrade(records: list[dict], graders: dict[str, MathReward]) -> dict[str, list]:
+    examples = [Example(problem=r["prompt"], answer=r["ground_truth"], id=str(r.get("problem_id", i)),
+                        source=r.get("benchmark", "")) for i, r in enumerate(records)]
+    responses = [r["response"] for r in records]
+    return {name: grader.score(responses, examples) for name, grader in graders.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", type=Path, help="samples.jsonl files written by an evaluation")
+    parser.add_argument("--show", type=int, default=10, help="differing answers to print per file (default 10)")
+    parser.add_argument("--timeout", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    rows = []
+    with MathReward(grader="strict", timeout=args.timeout) as strict:
+        graders = {"strict": strict, "paper": MathReward(grader="paper", pool=strict.pool)}
+        for path in args.files:
+            records = load_samples(path)
+            scores = regrade(records, graders)
+            count = len(records)
+            logged = sum(bool(r.get("correct")) for r in records)
+            accuracy = {name: sum(s.correct for s in found) for name, found in scores.items()}
+            statuses = Counter(s.status for s in scores["strict"] if s.status != "ok")
+            rows.append([str(path), str(count), f"{100 * logged / count:.1f}", f"{100 * accuracy['paper'] / count:.1f}",
+                         f"{100 * accuracy['strict'] / count:.1f}",
+                         ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) or "-"])
+            differing = [(r, p, s) for r, p, s in zip(records, scores["paper"], scores["strict"])
+                         if p.correct != s.correct]
+            for record, paper, strict_score in differing[: args.show]:
+                print(f"{path}: truth {record['ground_truth']!r} answer {record['response'][-80:]!r}: "
+                      f"paper {paper.correct} ({paper.status}), strict {strict_score.correct} ({strict_score.status})")
+    print(markdown_table(["file", "answers", "as logged %", "paper %", "strict %", "strict statuses"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""Memory-lean token log-probs and entropy: the LM head applied in chunks of tokens, recomputed in backward.
+
+A naive pass materialises [tokens, vocabulary] float32 logits for a whole micro-batch (17 GiB for 32k tokens of a
+152k vocabulary), keeps them for backward and adds a softmax of the same size for the entropy. Here the decoder's
+final hidden states of the *response* positions only are gathered into [N, H], and `ChunkedLogProbs` applies the
+LM head + log-softmax to `chunk_tokens` rows at a time: the forward keeps only per-token scalars (log-prob,
+log-normaliser, entropy), and the backward recomputes each chunk's logits to form its gradient. Peak extra memory is
+~3 x chunk_tokens x vocabulary x 4 bytes whatever the micro-batch size (the Liger / verl "fused linear cross-entropy"
+idea, written here in plain PyTorch so it runs on CPU and GPU alike).
+
+Gradients (z = logits / T, p = softmax(z), t = the token, H = entropy):
+  d log p_t / dz = onehot(t) - p
+  d H / dz       = p * (E_p[z] - z)          with E_p[z] = logsumexp(z) - H
+and d/d logits = (d/dz) / T; the hidden states and the head weight get the usual matmul gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+DEFAULT_CHUNK_TOKENS = 512
+
+# config attributes of architectures whose forward transforms the head's output (soft-capping, scaling): the lean
+# path would skip that transform, so those models use the plain path.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def lean_head(model: nn.Module) -> nn.Linear | None:
+    """The model's output projection when logits are exactly `head(decoder(x))`; None for any other model."""
+    get_decoder = getattr(model, "get_decoder", None)
+    get_head = getattr(model, "get_output_embeddings", None)
+    if get_decoder is None or get_head is None:
+        return None
+    head = get_head()
+    if type(head) is not nn.Linear:
+        return None
+    config = getattr(model, "config", None)
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
+        return None
+    return head
+
+
+def _compute_dtype(device: torch.device, fallback: torch.dtype) -> torch.dtype:
+    """The dtype autocast would run a matmul in on `device` right now (fallback: the weights' dtype)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return fallback
+
+
+class ChunkedLogProbs(torch.autograd.Function):
+    """(hidden [N, H], weight [V, H], bias [V] | None, targets [N]) -> log p(target) [N], entropy [N] in float32."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, temperature: float,
+                chunk_tokens: int, with_entropy: bool) -> tuple[Tensor, Tensor]:
+        compute_dtype = _compute_dtype(hidden.device, weight.dtype)
+        weight_c = weight.to(compute_dtype)
+        bias_c = None if bias is None else bias.to(compute_dtype)
+        count = hidden.shape[0]
+        logprobs = hidden.new_empty(count, dtype=torch.float32)
+        log_normaliser = hidden.new_empty(count, dtype=torch.float32)
+        entropy = hidden.new_zeros(count if with_entropy else 0, dtype=torch.float32)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, count, chunk_tokens):
+                end = min(start + chunk_tokens, count)
+                z = _scaled_logits(hidden[start:end], weight_c, bias_c, compute_dtype, temperature)
+                lse = torch.logsumexp(z, dim=-1)
+                log_normaliser[start:end] = lse
+                logprobs[start:end] = z.gather(-1, targets[start:end, None]).squeeze(-1) - lse
+                if with_entropy:
+                    z.sub_(lse[:, None])  # z <- log p; H = -sum p log p as a batched dot (no third [K, V] buffer)
+                    entropy[start:end] = -torch.bmm(z.exp().unsqueeze(1), z.unsqueeze(2)).flatten()
+                del z
+        ctx.save_for_backward(hidden, weight, bias, targets, log_normaliser, entropy)
+        ctx.settings = (temperature, chunk_tokens, with_entropy, compute_dtype)
+        ctx.mark_non_differentiable(log_normaliser)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs: Tensor, grad_entropy: Tensor):
+        hidden, weight, bias, targets, log_normaliser, entropy = ctx.saved_tensors
+        temperature, chunk_tokens, with_entropy, compute_dtype = ctx.settings
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        weight_c = weight.to(compute_dtype)
+        bias_c = None if bias is None else bias.to(compute_dtype)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if (need_bias and bias is not None) else None
+        grad_logprobs = grad_logprobs.float()
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk_tokens):
+                end = min(start + chunk_tokens, hidden.shape[0])
+                h_c = hidden[start:end].to(compute_dtype)
+                z = _scaled_logits(h_c, weight_c, bias_c, compute_dtype, temperature)
+                lse = log_normaliser[start:end, None]
+                probs = (z - lse).exp_()
+                g_logp = grad_logprobs[start:end, None]
+                if with_entropy:
+                    # dH/dz = p * (E[z] - z), E[z] = lse - H; together with -g_logp * p:
+                    mean_z = lse - entropy[start:end, None]
+                    grad_z = z.neg_().add_(mean_z).mul_(grad_entropy[start:end, None].float()).sub_(g_logp)
+                    grad_z.mul_(probs)
+                else:
+                    grad_z = probs.mul_(-g_logp)
+                del probs
+                grad_z.scatter_add_(-1, targets[start:end, None], g_logp)
+                if temperature != 1.0:
+                    grad_z.div_(temperature)
+                grad_logits = grad_z.to(compute_dtype)
+                del grad_z
+                if grad_hidden is not None:
+                    grad_hidden[start:end] = (grad_logits @ weight_c).to(hidden.dtype)
+                if grad_weight is not None:
+                    grad_weight.add_((grad_logits.t() @ h_c).float())
+                if grad_bias is not None:
+                    grad_bias.add_(grad_logits.float().sum(dim=0))
+        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+        grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+
+
+def _scaled_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, compute_dtype: torch.dtype,
+                   temperature: float) -> Tensor:
+    """float32 logits / temperature of one chunk, the matmul in the compute dtype (as autocast would run it)."""
+    logits = hidden.to(compute_dtype) @ weight.t()
+    if bias is not None:
+        logits = logits + bias
+    logits = logits.float()
+    if temperature != 1.0:
+        logits.div_(temperature)
+    return logits
+
+
+def chunked_logprobs(hidden: Tensor, head: nn.Linear, targets: Tensor, temperature: float = 1.0,
+                     chunk_tokens: int = DEFAULT_CHUNK_TOKENS, with_entropy: bool = False
+                     ) -> tuple[Tensor, Tensor | None]:
+    """log softmax(head(hidden) / T)[target] and (optionally) the entropy per row of hidden [N, H], in float32."""
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    if hidden.shape[0] == 0:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, (empty.clone() if with_entropy else None)
+    logprobs, entropy = ChunkedLogProbs.apply(hidden, head.weight, head.bias, targets, float(temperature),
+                                              int(chunk_tokens), bool(with_entropy))
+    return logprobs, (entropy if with_entropy else None)

@@ -1,0 +1,126 @@
+"""Throughput accounting of a training step: tokens/s per phase and model-FLOPs utilisation (MFU).
+
+Model FLOPs follow the usual convention (Kaplan et al.; PaLM's MFU): 2·N FLOPs per token for a forward pass without
+grad (generation: prompt + generated tokens; the no-grad log-prob passes) and 6·N per token for a training pass
+(forward + backward), N the parameter count. Attention's sequence-length term and gradient-checkpointing recompute
+are not counted, so MFU is comparable across settings. The peak is `train.peak_tflops` when configured, else a
+matmul benchmark in the compute dtype, run once per device and cached (`cache_dir()/peak_flops.json`): an
+*achievable* peak, somewhat below a data-sheet number.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+
+import torch
+
+from remix_rft.models import cache_dir
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """What one training step computed: enough to count its model FLOPs."""
+
+    parameters: int  # policy parameters (N)
+    critic_parameters: int  # 0 without a critic
+    generated_tokens: int
+    prompt_tokens: int  # prompt tokens fed to generation (one per generated response)
+    batch_tokens: int  # real (unpadded) prompt + response tokens of the training batch
+    logprob_passes: int  # no-grad policy-sized passes over the batch (pi_k, reference, precedent)
+    update_passes: int  # passes of minibatch updates over the batch (remix.updates_per_batch)
+
+    def flops(self) -> dict[str, float]:
+        n, critic = self.parameters, self.critic_parameters
+        return {
+            "generation": 2.0 * n * (self.prompt_tokens + self.generated_tokens),
+            "logprobs": 2.0 * (n * self.logprob_passes + critic) * self.batch_tokens,
+            "update": 6.0 * (n + critic) * self.batch_tokens * self.update_passes,
+        }
+
+
+def throughput_metrics(work: StepWork, times: dict[str, float], peak_flops: float) -> dict[str, float]:
+    """`perf/*` metrics of one step from its work and its `time/*` phase durations (seconds)."""
+    flops = work.flops()
+    out: dict[str, float] = {"perf/peak_tflops": peak_flops / 1e12}
+    if times.get("generation", 0) > 0:
+        out["perf/generation_tokens_per_s"] = work.generated_tokens / times["generation"]
+        out["perf/generation_mfu"] = flops["generation"] / (times["generation"] * peak_flops)
+    if times.get("logprobs", 0) > 0:
+        out["perf/logprob_tokens_per_s"] = work.batch_tokens * work.logprob_passes / times["logprobs"]
+    if times.get("update", 0) > 0:
+        out["perf/update_tokens_per_s"] = work.batch_tokens * work.update_passes / times["update"]
+        out["perf/update_mfu"] = flops["update"] / (times["update"] * peak_flops)
+    if times.get("step", 0) > 0:
+        out["perf/mfu"] = sum(flops.values()) / (times["step"] * peak_flops)
+    return out
+
+
+def _device_key(device: torch.device, bf16: bool) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    return f"{device.type}|{name}|{'bfloat16' if bf16 else 'float32'}"
+
+
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int | None = None,
+                         seconds: float = 1.0) -> float:
+    """Best FLOP/s of square matmuls of `size` in `dtype` on `device` over ~`seconds` of repeats."""
+    size = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    a @ b  # warm-up (kernel selection, thread pool)
+    sync()
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        sync()
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def peak_flops_per_s(device: torch.device, bf16: bool, configured_tflops: float | None = None) -> float:
+    """The MFU denominator in FLOP/s: configured, else cached, else measured now and cached."""
+    if configured_tflops is not None:
+        return configured_tflops * 1e12
+    key = _device_key(device, bf16)
+    path = cache_dir() / "peak_flops.json"
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if isinstance(cached.get(key), (int, float)) and cached[key] > 0:
+        return float(cached[key])
+    measured = measure_matmul_flops(device, torch.bfloat16 if bf16 else torch.float32)
+    cached[key] = measured
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{id(cached)}.tmp")
+        temporary.write_text(json.dumps(cached, indent=2) + "\n")
+        temporary.replace(path)
+    except OSError:
+        pass  # a read-only cache only costs a re-measurement next time
+    return measured
+
+
+def step_work(policy: torch.nn.Module, critic, references, batch, rollouts, plan) -> StepWork:
+    """The model work of one trainer step (this rank's share under torchrun; parameter counts are global)."""
+    return StepWork(
+        parameters=sum(p.numel() for p in policy.parameters()),
+        critic_parameters=sum(p.numel() for p in critic.model.parameters()) if critic is not None else 0,
+        generated_tokens=sum(len(r.response_ids) for r in rollouts),
+        prompt_tokens=sum(len(r.prompt_ids) for r in rollouts),
+        batch_tokens=int(batch.tokens.attention_mask.sum()),
+        logprob_passes=1 + (references.reference is not None)
+        + (references.lagged is not None and plan.kl_convex_weight < 1.0),
+        update_passes=plan.updates_per_batch)

@@ -1,0 +1,86 @@
+"""model.dtype=bfloat16 is mixed precision: float32 master weights + AdamW state, bf16 autocast, bf16 frozen copies."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from remix_rft.batching import collate, token_logprobs
+from remix_rft.config import load_config
+from remix_rft.models import autocast_context, build_tiny_model
+from remix_rft.trainer import Trainer
+
+
+def _fixed_batch():
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, 49152) for _ in range(rng.randint(3, 9))] for _ in range(8)]
+    responses = [[rng.randrange(3, 49152) for _ in range(rng.randint(4, 12))] for _ in range(8)]
+    batch = collate(prompts, responses, 0)
+    advantages = torch.randn(8, generator=torch.Generator().manual_seed(0))[:, None] * batch.response_mask
+    return batch, advantages
+
+
+def _parameter_delta(weights_dtype: torch.dtype, bf16_autocast: bool, steps: int = 5, lr: float = 1e-6):
+    """Flattened parameter change after `steps` AdamW steps of a policy-gradient loss at a small learning rate."""
+    batch, advantages = _fixed_batch()
+    model = build_tiny_model(0).to(weights_dtype).train()
+    start = [p.detach().double().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        with autocast_context("cpu", bf16_autocast):
+            logp, _ = token_logprobs(model, batch)
+        (-(logp.float() * advantages).sum() / batch.response_mask.sum()).backward()
+        optimizer.step()
+    return torch.cat([(p.detach().double() - s).flatten() for p, s in zip(model.parameters(), start)])
+
+
+def test_small_learning_rate_moves_the_policy_the_same_way_under_bf16_as_under_float32():
+    """AdamW's step is ~lr per coordinate in the direction of the gradient's sign, so the two runs must agree on
+    almost every coordinate. bf16 autocast perturbs gradients by ~2^-8 relative; only coordinates whose gradient is
+    within that noise of zero can flip (0.1% measured), hence sign agreement > 98% and cosine > 0.99 (10x margin).
+    The old behaviour (weights stored in bf16, updated in place) fails both: ~98% of the updates are rounded away."""
+    reference = _parameter_delta(torch.float32, bf16_autocast=False)
+    moved = reference != 0
+    assert moved.float().mean() > 0.99
+
+    def agreement(delta):
+        cosine = torch.nn.functional.cosine_similarity(reference[moved], delta[moved], dim=0)
+        signs = (torch.sign(reference[moved]) == torch.sign(delta[moved])).double().mean()
+        return float(cosine), float(signs), float((delta[moved] != 0).double().mean())
+
+    cosine, signs, changed = agreement(_parameter_delta(torch.float32, bf16_autocast=True))
+    assert cosine > 0.99 and signs > 0.98 and changed > 0.99
+    _, old_signs, old_changed = agreement(_parameter_delta(torch.bfloat16, bf16_autocast=False))
+    assert old_changed < 0.5 and old_signs < 0.5
+
+
+def test_bf16_config_keeps_float32_master_weights_and_bf16_frozen_copies(tmp_path):
+    config = load_config("remix-grpo", [
+        "model.name=tiny-random", "model.device=cpu", "model.dtype=bfloat16", "train.steps=1",
+        "train.prompts_per_step=2", "train.samples_per_prompt=2", "train.minibatch_size=4", "data.limit=8",
+        "rollout.max_new_tokens=4", "eval.benchmarks=[]", f"logging.output_dir={tmp_path}", "logging.progress=false",
+        "logging.tensorboard=false", "remix.offpolicy_fraction=0.5", "remix.kl_convex_start=0"])
+    trainer = Trainer(config)
+    try:
+        assert {p.dtype for p in trainer.policy.parameters()} == {torch.float32}
+        assert {p.dtype for p in trainer.references.reference.parameters()} == {torch.bfloat16}
+        assert {p.dtype for p in trainer.references.lagged.parameters()} == {torch.bfloat16}
+        before = [p.detach().clone() for p in trainer.policy.parameters()]
+        record = trainer.train_step(1)
+        assert record["optimizer_steps"] >= 1
+        assert {p.dtype for g in trainer.actor.optimizer.param_groups for p in g["params"]} == {torch.float32}
+        changed = sum(int((p.detach() != b).sum()) for p, b in zip(trainer.policy.parameters(), before))
+        assert changed > 0
+        assert record["perf/generation_tokens_per_s"] > 0 and record["perf/update_tokens_per_s"] > 0
+        assert 0 < record["perf/mfu"] < 1
+    finally:
+        trainer.close()
+
+
+def test_autocast_bf16_is_the_older_spelling_of_dtype_bfloat16():
+    old = load_config("quickstart", ["model.dtype=float32", "model.autocast_bf16=true"]).model
+    new = load_config("quickstart", ["model.dtype=bfloat16", "model.autocast_bf16=false"]).model
+    assert old.compute_dtype == new.compute_dtype == "bfloat16" and old.bf16 and new.bf16
+    assert load_config("remix-grpo").model.compute_dtype == "float32"
