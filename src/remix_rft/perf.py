@@ -4,7 +4,7 @@ Model FLOPs follow the usual convention (Kaplan et al.; PaLM's MFU): 2·N FLOPs 
 grad (generation: prompt + generated tokens; the no-grad log-prob passes) and 6·N per token for a training pass
 (forward + backward), N the parameter count. Attention's sequence-length term and gradient-checkpointing recompute
 are not counted, so MFU is comparable across settings. The peak is `train.peak_tflops` when configured, else a
-matmul benchmark in the compute dtype, run once per device and cached (`cache_dir()/peak_flops.json`): an
+matmul benchmark (the faster of float32 and, under bf16, bfloat16), run once per device and cached (`cache_dir()/peak_flops.json`): an
 *achievable* peak, somewhat below a data-sheet number.
 """
 
@@ -63,7 +63,9 @@ def _device_key(device: torch.device, bf16: bool) -> str:
         name = torch.cuda.get_device_name(device)
     else:
         name = f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
-    return f"{device.type}|{name}|{'bfloat16' if bf16 else 'float32'}"
+    # v2: a bf16 peak is the better of bf16 and float32 matmuls (v1 cached bf16 alone, which on CPUs without bf16
+    # instructions is emulated and far below what the step's float32 kernels reach, giving MFU > 100%)
+    return f"{device.type}|{name}|{'bfloat16' if bf16 else 'float32'}|v2"
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int | None = None,
@@ -101,7 +103,9 @@ def peak_flops_per_s(device: torch.device, bf16: bool, configured_tflops: float 
         cached = {}
     if isinstance(cached.get(key), (int, float)) and cached[key] > 0:
         return float(cached[key])
-    measured = measure_matmul_flops(device, torch.bfloat16 if bf16 else torch.float32)
+    measured = measure_matmul_flops(device, torch.float32)
+    if bf16:  # autocast leaves some matmuls in float32, and a CPU may emulate bf16: the faster kernel bounds the step
+        measured = max(measured, measure_matmul_flops(device, torch.bfloat16))
     cached[key] = measured
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
