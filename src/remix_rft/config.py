@@ -25,12 +25,25 @@ from remix_rft.errors import ConfigError, DataError, PathNotFoundError
 logger = logging.getLogger(__name__)
 
 
+def native_bf16_dtype(device: str) -> str:
+    """`model.dtype=auto` on `device` (a `model.device` value): bfloat16 where it runs natively, else float32."""
+    import torch
+
+    wants_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if wants_cuda:
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bfloat16" if native else "float32"
+
+
 @dataclass
 class ModelConfig:
     name: str = "smollm2-135m-instruct"  # embedded default, a local HF dir, a hub name, or "tiny-random[:SEED]"
     # compute dtype: float32 | bfloat16. bfloat16 = mixed precision: the trained models (policy, critic) keep float32
     # master weights and AdamW state, forward/backward/generation run under bf16 autocast, and the frozen copies
-    # (reference, lagged precedent) are stored in bf16.
+    # (reference, lagged precedent) are stored in bf16. auto: bfloat16 where the hardware computes it natively (a CUDA
+    # GPU with bf16, a CPU with AVX512-BF16 or AMX), else float32 (emulated bf16 is ~3x slower than float32 on CPU).
     dtype: str = "float32"
     autocast_bf16: bool = False  # older spelling of dtype=bfloat16 (true means exactly that)
     gradient_checkpointing: bool = False
@@ -39,7 +52,9 @@ class ModelConfig:
     @property
     def compute_dtype(self) -> str:
         """The dtype forward/backward passes run in and frozen copies are stored in."""
-        return "bfloat16" if self.autocast_bf16 else self.dtype
+        if self.autocast_bf16:
+            return "bfloat16"
+        return native_bf16_dtype(self.device) if self.dtype == "auto" else self.dtype
 
     @property
     def bf16(self) -> bool:
@@ -281,7 +296,7 @@ class Config:
         _check(ro.kv_cache_gb is None or ro.kv_cache_gb > 0, "rollout.kv_cache_gb", "must be > 0")
         _check(ro.dtype in (None, "float32", "bfloat16", "float16"), "rollout.dtype",
                f"must be float32, bfloat16 or float16, got {ro.dtype!r}")
-        _check(self.model.dtype in ("float32", "bfloat16"), "model.dtype", f"must be float32 or bfloat16, got {self.model.dtype!r}")
+        _check(self.model.dtype in ("float32", "bfloat16", "auto"), "model.dtype", f"must be float32, bfloat16 or auto, got {self.model.dtype!r}")
         _check(ro.top_k >= 0, "rollout.top_k", f"must be >= 0 (0 turns it off), got {ro.top_k}")
         _check(ro.max_batch_size >= 1, "rollout.max_batch_size", f"must be >= 1, got {ro.max_batch_size}")
         _check(t.critic_lr > 0, "train.critic_lr", f"must be > 0, got {t.critic_lr}")
