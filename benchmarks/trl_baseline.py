@@ -26,7 +26,7 @@ Mapping (one of OUR steps = one TRL generation batch):
     advantage estimator grpo / drgrpo   -> scale_rewards="group" / "none"
     rollout.temperature / top_p / top_k -> temperature / top_p / top_k
     rollout.max_new_tokens              -> max_completion_length
-    model.autocast_bf16                 -> bf16 (accelerate's bf16 autocast, on CPU here; use_cpu=True)
+    model.dtype / autocast_bf16         -> bf16 (accelerate's bf16 autocast, on CPU here; use_cpu=True), float32 weights
     model.gradient_checkpointing        -> gradient_checkpointing (TRL's default is True)
 
 Prompts: our `load_examples` + `format_prompt` text, given to TRL as plain strings, in exactly the order our
@@ -113,7 +113,7 @@ def grpo_config_values(config: Config, output_dir: Path) -> dict[str, Any]:
     values: dict[str, Any] = {
         "output_dir": str(output_dir),
         "use_cpu": True,
-        "bf16": config.model.autocast_bf16,
+        "bf16": config.model.bf16,
         "fp16": False,
         "gradient_checkpointing": config.model.gradient_checkpointing,
         "per_device_train_batch_size": train.minibatch_size,
@@ -252,7 +252,7 @@ class BaselineRun:
         self.per_generation = steps_per_generation(config)
         self.engine = build_engine(config.rollout.engine, model, tokenizer,
                                    max_batch_size=config.rollout.max_batch_size,
-                                   autocast_bf16=config.model.autocast_bf16)
+                                   autocast_bf16=config.model.bf16)
         self.metrics = MetricsLogger(run_dir, tensorboard=config.logging.tensorboard,
                                      wandb_project=config.logging.wandb_project if config.logging.wandb else None,
                                      run_name=run_dir.name, config=config.to_dict())
@@ -376,7 +376,7 @@ def run_trl_grpo(config: Config, run_dir: Path) -> Path:
     torch.manual_seed(seed)
 
     tokenizer = load_tokenizer(config.model.name)
-    model = load_model(config.model.name, dtype=config.model.dtype)
+    model = load_model(config.model.name, dtype="float32")  # float32 masters, bf16 by autocast: as our trainer
     model.train()
     rc = config.reward
     reward = build_reward(rc.name, format_weight=rc.format_weight, timeout=rc.timeout,

@@ -16,7 +16,7 @@ from remix_rft.errors import PathNotFoundError, UserError, one_line
 COMMON_OVERRIDES: tuple[tuple[str, str], ...] = (
     ("model.name=HuggingFaceTB/SmolLM2-360M-Instruct", "a local HF folder, a cached hub name, tiny-random"),
     ("model.device=cuda", "auto (default), cpu, cuda, cuda:N"),
-    ("model.dtype=bfloat16", "weights dtype (default float32)"),
+    ("model.dtype=bfloat16", "bf16 mixed precision: float32 master weights, bf16 compute (auto: where native)"),
     ("data.train=my.jsonl", "prompts: a .jsonl/.json/.parquet file, gsm8k, math, hf:NAME"),
     ("'data.train_options={digits: [1, 3], size: 5000}'", "arithmetic options (dropped when data.train changes)"),
     ("data.problem_key=question", "your file's problem field (answer_key likewise)"),
