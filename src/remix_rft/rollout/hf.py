@@ -34,6 +34,25 @@ def validate_sampling(sampling: SamplingParams) -> None:
         raise ValueError(f"sampling.top_k must be >= 0 (0 disables it), got {sampling.top_k}")
 
 
+def prompt_token_ids(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], samples_per_prompt: int, sampling: SamplingParams
+) -> list[list[int]]:
+    """Every engine's checks of a generate() call, then the prompts' token ids (no special tokens: the chat
+    template already wrote them); an empty list for no prompts."""
+    if samples_per_prompt < 1:
+        raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
+    validate_sampling(sampling)
+    if isinstance(prompts, str):
+        raise TypeError("generate() takes a list of prompts, got a single string")
+    if not prompts:
+        return []
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    for index, ids in enumerate(prompt_ids):
+        if not ids:
+            raise ValueError(f"prompt {index} is empty after tokenization")
+    return prompt_ids
+
+
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Set to -inf the logits outside the top-k and outside the smallest set holding probability >= top_p."""
     if 0 < top_k < logits.shape[-1]:
@@ -99,17 +118,9 @@ class HFRolloutEngine:
         self, prompts: Sequence[str], samples_per_prompt: int, sampling: SamplingParams
     ) -> list[Rollout]:
         """`samples_per_prompt` responses per prompt, grouped by prompt (all of prompt 0's first)."""
-        if samples_per_prompt < 1:
-            raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
-        validate_sampling(sampling)
-        if isinstance(prompts, str):
-            raise TypeError("generate() takes a list of prompts, got a single string")
-        if not prompts:
+        prompt_ids = prompt_token_ids(self.tokenizer, prompts, samples_per_prompt, sampling)
+        if not prompt_ids:
             return []
-        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        for index, ids in enumerate(prompt_ids):
-            if not ids:
-                raise ValueError(f"prompt {index} is empty after tokenization")
         rows = [(p, s) for p in range(len(prompts)) for s in range(samples_per_prompt)]
         device = next(self.model.parameters()).device
         generator = None

@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from remix_rft.errors import MissingPackageError
 
 from .base import Rollout, SamplingParams
-from .hf import _eos_token_ids, validate_sampling
+from .hf import _eos_token_ids, prompt_token_ids
 
 # the engine core must live in this process for the weight push to reach its model
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -207,17 +207,9 @@ class VLLMRolloutEngine:
         self, prompts: Sequence[str], samples_per_prompt: int, sampling: SamplingParams
     ) -> list[Rollout]:
         """`samples_per_prompt` responses per prompt, grouped by prompt (all of prompt 0's first)."""
-        if samples_per_prompt < 1:
-            raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
-        validate_sampling(sampling)
-        if isinstance(prompts, str):
-            raise TypeError("generate() takes a list of prompts, got a single string")
-        if not prompts:
+        prompt_ids = prompt_token_ids(self.tokenizer, prompts, samples_per_prompt, sampling)
+        if not prompt_ids:
             return []
-        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        for index, ids in enumerate(prompt_ids):
-            if not ids:
-                raise ValueError(f"prompt {index} is empty after tokenization")
         rows = [(p, s) for p in range(len(prompts)) for s in range(samples_per_prompt)]
         requests = [{"prompt_token_ids": list(prompt_ids[p])} for p, _ in rows]
         params = [self._request_params(sampling, row) for row in range(len(rows))]
