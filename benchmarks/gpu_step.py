@@ -28,9 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from remix_rft.config import load_config  # noqa: E402
+from remix_rft.metrics import peak_rss_mb  # noqa: E402
 from remix_rft.plan import memory_estimate, resolve_architecture  # noqa: E402
 from remix_rft.schedule import ReMixSchedule  # noqa: E402
-from remix_rft.trainer import Trainer, peak_rss_mb  # noqa: E402
+from remix_rft.trainer import Trainer  # noqa: E402
 
 GB = 1e9
 

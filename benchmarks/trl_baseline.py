@@ -31,7 +31,7 @@ Mapping (one of OUR steps = one TRL generation batch):
 
 Prompts: our `load_examples` + `format_prompt` text, given to TRL as plain strings, in exactly the order our
 `PromptSampler` draws them (the dataset is laid out step by step and TRL's shuffling is off). The reward is our
-`build_reward(...)` called on TRL's decoded completions with our `Example`s (looked up by an `example_index`
+`reward_from_config(config.reward)` called on TRL's decoded completions with our `Example`s (looked up by an `example_index`
 column; the string `answer` column is checked against them). Train lines are assembled by a TrainerCallback from
 what the reward function saw (rewards, correctness, TRL's completion token ids) and TRL's per-optimizer-step logs
 (kl, entropy, grad norm; all of TRL's logs are also kept as `trl/<key>`, averaged over the step's optimizer
@@ -69,14 +69,14 @@ import yaml
 
 from remix_rft.config import Config, ConfigError, load_config
 from remix_rft.data import format_prompt, load_train_examples
+from remix_rft.data.sampler import PromptSampler
 from remix_rft.data.types import Example
-from remix_rft.evaluation import EvalReport, build_eval_sets, evaluate
-from remix_rft.metrics import MetricsLogger
+from remix_rft.evaluation import EvalReport, build_eval_sets, evaluate, report_before_after
+from remix_rft.metrics import MetricsLogger, peak_rss_mb
 from remix_rft.models import load_model, load_tokenizer
-from remix_rft.rewards import GRADING_PROBLEMS, build_reward, summarise_scores
+from remix_rft.rewards import GRADING_PROBLEMS, reward_from_config, summarise_scores
 from remix_rft.rewards.base import RewardFunction
 from remix_rft.rollout import SamplingParams, build_engine
-from remix_rft.trainer import PromptSampler, peak_rss_mb, report_before_after
 
 logger = logging.getLogger("trl_baseline")
 
@@ -378,11 +378,7 @@ def run_trl_grpo(config: Config, run_dir: Path) -> Path:
     tokenizer = load_tokenizer(config.model.name)
     model = load_model(config.model.name, dtype="float32")  # float32 masters, bf16 by autocast: as our trainer
     model.train()
-    rc = config.reward
-    reward = build_reward(rc.name, format_weight=rc.format_weight, timeout=rc.timeout,
-                          correct_reward=rc.correct_reward, incorrect_reward=rc.incorrect_reward,
-                          require_boxed=rc.require_boxed, num_workers=rc.num_workers, custom=rc.custom,
-                          grader=rc.grader)
+    reward = reward_from_config(config.reward)
     examples = load_train_examples(config)
     dataset = build_prompt_dataset(config, tokenizer, examples)
     reward_fn = TRLReward(reward, examples)

@@ -61,10 +61,10 @@ def test_two_processes_make_the_same_update_as_one(tmp_path, chunk_tokens):
                 rollout.prompt_index += len(indices)
             indices += share_indices
             rollouts += share_rollouts
-        scores = trainer.reward.score([r.text for r in rollouts],
-                                      [trainer.prompts.examples[indices[r.prompt_index]] for r in rollouts])
+        examples = [trainer.prompts.examples[indices[r.prompt_index]] for r in rollouts]
+        scores = trainer.reward.score([r.text for r in rollouts], examples)
         plan = trainer.begin_step(1)
-        record = trainer.learn(1, plan, FreshRollouts(indices, rollouts, scores))
+        record = trainer.learn(1, plan, FreshRollouts(indices, rollouts, examples, scores))
         assert record["rollouts/step"] == 8 and record["optimizer_steps"] == 2
         one = trainer.policy.state_dict()
         changed = 0

@@ -29,7 +29,8 @@ def test_cpu_preset_plans_todays_study(efficiency):
                      "remix-grpo-no-klconvex", "remix-grpo-no-reincarnation", "sweep-p0.5"]
     by_name = {s.name: s for s in specs}
     shared = ["train.steps=12", "eval.every=4", "eval.limit=100", "checkpoint.save_final=false",
-              "logging.progress=false"]
+              "logging.progress=false", "remix.precedent=lagged", "model.frozen_dtype=auto",
+              "model.gradient_checkpointing=false"]  # the study is METHOD's ReMix, not the default job's memory settings
     assert by_name["remix-grpo-no-utd"].overrides == [*shared, "remix.updates_per_batch=1", "train.seed=0"]
     assert by_name["sweep-p0.5"].overrides[-3:] == ["remix.offpolicy_fraction=0.5", "remix.reincarnate_at=null",
                                                     "train.seed=0"]

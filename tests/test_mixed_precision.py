@@ -100,3 +100,53 @@ def test_dtype_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch,
 def test_dtype_auto_on_cuda_without_a_gpu_is_float32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert load_config("quickstart", ["model.device=cuda"]).model.compute_dtype == "float32"
+
+
+def _float32_config(tmp_path, *overrides: str):
+    return load_config("remix-grpo", [
+        "model.name=tiny-random", "model.device=cpu", "model.dtype=float32", "train.steps=1",
+        "train.prompts_per_step=2", "train.samples_per_prompt=2", "train.minibatch_size=4", "data.limit=8",
+        "rollout.max_new_tokens=4", "eval.benchmarks=[]", f"logging.output_dir={tmp_path}", "logging.progress=false",
+        "logging.tensorboard=false", "remix.offpolicy_fraction=0.5", "remix.kl_convex_start=0", *overrides])
+
+
+def test_frozen_dtype_bfloat16_under_float32_compute_stores_bf16_and_computes_float32(tmp_path):
+    """model.frozen_dtype=bfloat16: half the frozen copies' memory; their log-probs are exactly a float32 pass over
+    the bf16-rounded weights (not a bf16 pass), and close to the float32 copies'."""
+    trainer = Trainer(_float32_config(tmp_path, "model.frozen_dtype=bfloat16"))
+    try:
+        references = trainer.references
+        assert references.upcast
+        assert {p.dtype for p in references.reference.parameters()} == {torch.bfloat16}
+        assert {p.dtype for p in references.lagged.parameters()} == {torch.bfloat16}
+        assert {p.dtype for p in trainer.policy.parameters()} == {torch.float32}
+        batch, _ = _fixed_batch()
+        got = references.reference_logprobs(batch, 1.0, None)
+        rounded = build_tiny_model(0).to(torch.bfloat16).float().eval()  # the policy's start, rounded to bf16
+        with torch.no_grad():
+            expected, _ = token_logprobs(rounded, batch, chunk_tokens=references.chunk_tokens)
+            exact, _ = token_logprobs(build_tiny_model(0).eval(), batch, chunk_tokens=references.chunk_tokens)
+            bf16_pass, _ = token_logprobs(build_tiny_model(0).to(torch.bfloat16).eval(), batch)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        assert (got - exact).abs().max() < 0.05  # bf16 rounding of the weights only
+        assert (got - bf16_pass.float()).abs().max() > (got - expected).abs().max()  # not a bf16 computation
+        record = trainer.train_step(1)
+        assert record["optimizer_steps"] >= 1 and record["kl/base"] >= 0
+        # reincarnation copies the float32 policy into the bf16 store
+        references.reincarnate(trainer.policy)
+        assert {p.dtype for p in references.reference.parameters()} == {torch.bfloat16}
+        policy_weight = next(trainer.policy.parameters())
+        assert torch.equal(next(references.reference.parameters()), policy_weight.detach().to(torch.bfloat16))
+    finally:
+        trainer.close()
+
+
+def test_frozen_dtype_auto_follows_the_compute_dtype(tmp_path):
+    model = _float32_config(tmp_path).model
+    assert model.frozen_dtype == "auto" and model.frozen_storage_dtype == "float32"
+    assert load_config("quickstart", ["model.dtype=bfloat16"]).model.frozen_storage_dtype == "bfloat16"
+    assert load_config("quickstart", ["model.dtype=bfloat16", "model.frozen_dtype=float32"]
+                       ).model.frozen_storage_dtype == "float32"
+    with pytest.raises(ValueError, match="model.frozen_dtype"):
+        load_config("quickstart", ["model.frozen_dtype=float16"])

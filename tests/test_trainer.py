@@ -168,7 +168,7 @@ def test_replayed_groups_keep_the_behaviour_logprobs_they_trained_with(tmp_path)
     """In `recompute` mode the buffer stores pi_k's log-probs as computed by the trainer (what the fresh update
     used), so a replayed group's ratio and clip centre are measured against the same behaviour policy."""
     from remix_rft.batching import collate, token_logprobs
-    from remix_rft.models import frozen_copy
+    from remix_rft.models import autocast_context, frozen_copy
 
     config = tiny_config(tmp_path, "remix-grpo", "train.steps=1", "model.autocast_bf16=true")
     trainer = Trainer(config)
@@ -177,7 +177,7 @@ def test_replayed_groups_keep_the_behaviour_logprobs_they_trained_with(tmp_path)
         trainer.train_step(1)
         group = trainer.buffer.sample(1)[0]
         tokens = collate([group.prompt_ids] * len(group.response_ids), group.response_ids, trainer.pad_id)
-        with torch.no_grad(), trainer._autocast():
+        with torch.no_grad(), autocast_context(trainer.device, True):
             expected, _ = token_logprobs(pre_update, tokens, config.rollout.temperature)
         for i, response in enumerate(group.response_ids):
             # bf16 autocast: the same policy, a differently padded batch

@@ -51,7 +51,8 @@ def test_quickstart_maps_to_trl_batch_shape(tmp_path):
     assert values["beta"] == config.algorithm.kl_coef and values["epsilon"] == config.algorithm.clip_eps
     assert values["max_completion_length"] == config.rollout.max_new_tokens
     assert values["bf16"] is config.model.autocast_bf16 and values["use_cpu"] is True
-    assert values["gradient_checkpointing"] is False and values["shuffle_dataset"] is False
+    assert values["gradient_checkpointing"] is config.model.gradient_checkpointing is True
+    assert values["shuffle_dataset"] is False
 
 
 def test_unsupported_settings_are_rejected(tmp_path):
@@ -62,8 +63,8 @@ def test_unsupported_settings_are_rejected(tmp_path):
 
 
 def test_dataset_follows_our_prompt_order():
+    from remix_rft.data.sampler import PromptSampler
     from remix_rft.models import load_tokenizer
-    from remix_rft.trainer import PromptSampler
 
     config = load_config("grpo", [*TINY, "train.steps=3"])
     tokenizer = load_tokenizer(config.model.name)

@@ -17,7 +17,7 @@ from remix_rft.experience import StepBatch
 from remix_rft.models import autocast_context
 from remix_rft.references import kl_term
 from remix_rft.schedule import StepPlan
-from remix_rft.updates import SINGLE_PROCESS, local_minibatch_rows, minibatch_step
+from remix_rft.updates import SINGLE_PROCESS, build_adamw, local_minibatch_rows, minibatch_step
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Actor:
     def __init__(self, model: torch.nn.Module, config: Config, dist: Distributed = SINGLE_PROCESS):
         self.model, self.config, self.dist = model, config, dist
         train = config.train
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        self.optimizer = build_adamw(model.parameters(), train.lr, train.weight_decay)
         warmup = max(train.warmup_steps, 0)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from remix_rft.distributed import Distributed
-from remix_rft.errors import UsageError
+from remix_rft.errors import PathNotFoundError, UsageError
 from remix_rft.models import ValueModel, load_model
 
 if TYPE_CHECKING:
@@ -50,6 +50,12 @@ class TrainState:
     tokens_total: int = 0
     reincarnated: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def finish_step(self, step: int, rollouts: float, tokens: float) -> None:
+        """Count a completed step's rollouts and generated tokens (all ranks')."""
+        self.step = step
+        self.rollouts_total += int(rollouts)
+        self.tokens_total += int(tokens)
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -126,6 +132,21 @@ class TrainingState:
     hacking: Any = None  # the reward-hacking monitor (rewards/hacking.py): its history and streaks
 
 
+def checkpoint_to_resume(run_dir: Path) -> Path:
+    """The checkpoint `--resume <run_dir>` continues from; a clear error when the run has none."""
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        raise PathNotFoundError(f"no complete checkpoint under {checkpoint_root(run_dir)} to resume from")
+    return found
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators at a run's start (a resume restores their states)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -183,7 +204,7 @@ def read_training_state(directory: Path, training: TrainingState, dtype: str) ->
     if training.dist.active:
         return _read_sharded(directory, training)
     references = training.references
-    # the policy's float32 master weights; the frozen copies in the compute dtype `dtype`
+    # the policy's float32 master weights; the frozen copies in their storage dtype `dtype` (model.frozen_dtype)
     training.actor.model.load_state_dict(load_model(str(directory / "policy"), dtype="float32").state_dict())
     trainer_state = torch.load(directory / "trainer_state.pt", weights_only=False)
     if trainer_state["reincarnated"] and references.reference is not None:

@@ -110,8 +110,7 @@ def _newest_resumable_run(output_dir: Path) -> Path:
 def _resume_config(resume_dir: Path, overrides: list[str]):
     """The config a run was started with, plus the overrides; errors name the run's config file."""
     from remix_rft.checkpoint import latest_checkpoint
-    from remix_rft.config import ConfigError, apply_overrides, config_from_dict
-    from remix_rft.trainer import config_for_resume
+    from remix_rft.config import ConfigError, apply_overrides, config_for_resume, config_from_dict
 
     if not resume_dir.is_dir():
         raise PathNotFoundError(f"--resume {resume_dir}: no such run directory")

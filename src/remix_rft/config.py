@@ -46,6 +46,10 @@ class ModelConfig:
     # GPU with bf16, a CPU with AVX512-BF16 or AMX), else float32 (emulated bf16 is ~3x slower than float32 on CPU).
     dtype: str = "float32"
     autocast_bf16: bool = False  # older spelling of dtype=bfloat16 (true means exactly that)
+    # storage dtype of the frozen copies (reference, lagged precedent): auto = the compute dtype. bfloat16 under float32
+    # compute halves their memory: a copy is upcast to float32 for its own log-prob pass (no gradients are held then),
+    # so its log-probs are exactly those of its weights rounded to bf16. Single process only.
+    frozen_dtype: str = "auto"
     gradient_checkpointing: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -59,6 +63,11 @@ class ModelConfig:
     @property
     def bf16(self) -> bool:
         return self.compute_dtype == "bfloat16"
+
+    @property
+    def frozen_storage_dtype(self) -> str:
+        """The dtype the frozen copies (reference, lagged precedent) are stored in."""
+        return self.compute_dtype if self.frozen_dtype == "auto" else self.frozen_dtype
 
 
 @dataclass
@@ -297,6 +306,8 @@ class Config:
         _check(ro.dtype in (None, "float32", "bfloat16", "float16"), "rollout.dtype",
                f"must be float32, bfloat16 or float16, got {ro.dtype!r}")
         _check(self.model.dtype in ("float32", "bfloat16", "auto"), "model.dtype", f"must be float32, bfloat16 or auto, got {self.model.dtype!r}")
+        _check(self.model.frozen_dtype in ("float32", "bfloat16", "auto"), "model.frozen_dtype",
+               f"must be float32, bfloat16 or auto, got {self.model.frozen_dtype!r}")
         _check(ro.top_k >= 0, "rollout.top_k", f"must be >= 0 (0 turns it off), got {ro.top_k}")
         _check(ro.max_batch_size >= 1, "rollout.max_batch_size", f"must be >= 1, got {ro.max_batch_size}")
         _check(t.critic_lr > 0, "train.critic_lr", f"must be > 0, got {t.critic_lr}")

@@ -14,7 +14,7 @@ from remix_rft.distributed import Distributed
 from remix_rft.experience import StepBatch
 from remix_rft.models import ValueModel, autocast_context
 from remix_rft.schedule import StepPlan
-from remix_rft.updates import SINGLE_PROCESS, local_minibatch_rows, minibatch_step
+from remix_rft.updates import SINGLE_PROCESS, build_adamw, local_minibatch_rows, minibatch_step
 
 # the critic's minibatch shuffles are offset from the policy's pass numbers: different, still a function of (seed, step)
 CRITIC_SHUFFLE_OFFSET = 1000
@@ -27,8 +27,7 @@ class Critic:
                  dist: Distributed = SINGLE_PROCESS):
         self.config, self.dist = config, dist
         self.model = dist.shard(ValueModel.from_pretrained_lm(policy).to(device), bf16=config.model.bf16)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.critic_lr,
-                                           weight_decay=config.train.weight_decay)
+        self.optimizer = build_adamw(self.model.parameters(), config.train.critic_lr, config.train.weight_decay)
 
     def update(self, batch: StepBatch, plan: StepPlan, step: int) -> dict[str, float]:
         cfg = self.config

@@ -50,10 +50,11 @@ class StepBatch:
 @dataclass
 class FreshRollouts:
     """A step's fresh data on this rank: training-set indices of its prompts, their rollouts (grouped by prompt,
-    `prompt_index` into `indices`), their scores, and the generation / scoring wall times."""
+    `prompt_index` into `indices`), each rollout's example and score, and the generation / scoring wall times."""
 
     indices: list[int]
     rollouts: list
+    examples: list[Example]
     scores: list
     times: dict[str, float] = field(default_factory=dict)
 
@@ -127,6 +128,16 @@ def store_behaviour(groups: list[RolloutGroup], logp: torch.Tensor, attribute: s
         for i, response in enumerate(group.response_ids):
             getattr(group, attribute)[i] = logp[row, :len(response)].detach().cpu().clone()
             row += 1
+
+
+def keep_logprobs(config: Config, groups: list[RolloutGroup], batch: StepBatch) -> None:
+    """Store on the fresh groups the log-probs they carry when replayed. recompute: the trainer's behaviour
+    log-probs (what the groups were trained with as fresh data); engine: the engine's log-probs are the behaviour
+    ones and stay, the trainer's are kept beside them for the mismatch correction."""
+    if config.rollout.behaviour_logprobs == "recompute":
+        store_behaviour(groups, batch.behaviour_logp)
+    else:
+        store_behaviour(groups, batch.proximal_logp, "trainer_logprobs")
 
 
 @torch.no_grad()

@@ -49,6 +49,16 @@ def new_run_dir(config) -> Path:
     return Path(config.logging.output_dir) / name
 
 
+def create_run_dir(config, run_dir: Path | None, dist) -> Path:
+    """The run directory (given, else rank 0's `new_run_dir`, shared with every rank); rank 0 creates it and
+    writes the resolved config there."""
+    run_dir = Path(dist.broadcast_object(str(run_dir or new_run_dir(config))))
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config.to_yaml())
+    return run_dir
+
+
 # How a step metric measured on one rank's share combines over data-parallel ranks; a key in none of these is
 # the same on every rank (the schedule, counters, and what the actor and critic already reduced).
 SUM_METRICS = ("rollouts/step", "rollouts/replayed", "replay/groups", "tokens/step", "buffer/groups")

@@ -317,6 +317,19 @@ def build_tiny_model(
     return model.to(torch.float32).eval()
 
 
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each decoder layer's activations in backward instead of keeping them (`model.gradient_checkpointing`).
+
+    Non-reentrant checkpointing (PyTorch's recommendation; it needs no input that requires grad). transformers 5.2x
+    renamed the method (`gradient_checkpointing_enable` warns that it is deprecated); older versions have only that.
+    """
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def frozen_copy(model: nn.Module, dtype: str | torch.dtype) -> nn.Module:
     """An eval-mode, grad-free copy of `model` stored in `dtype` (the compute dtype: bf16 under mixed precision).
 

@@ -91,22 +91,28 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int | N
     return best
 
 
+_MEASURED: dict[str, float] = {}  # this process's peaks by device key
+
+
 def peak_flops_per_s(device: torch.device, bf16: bool, configured_tflops: float | None = None) -> float:
     """The MFU denominator in FLOP/s: configured, else cached, else measured now and cached."""
     if configured_tflops is not None:
         return configured_tflops * 1e12
     key = _device_key(device, bf16)
+    if key in _MEASURED:  # called every step: read the cache file (or measure) once per process
+        return _MEASURED[key]
     path = cache_dir() / "peak_flops.json"
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
     if isinstance(cached.get(key), (int, float)) and cached[key] > 0:
-        return float(cached[key])
+        _MEASURED[key] = float(cached[key])
+        return _MEASURED[key]
     measured = measure_matmul_flops(device, torch.float32)
     if bf16:  # autocast leaves some matmuls in float32, and a CPU may emulate bf16: the faster kernel bounds the step
         measured = max(measured, measure_matmul_flops(device, torch.bfloat16))
-    cached[key] = measured
+    cached[key] = _MEASURED[key] = measured
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{id(cached)}.tmp")

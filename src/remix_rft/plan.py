@@ -7,7 +7,9 @@ PyTorch's meta device.
 
 Memory model (bytes; N policy parameters, c = 2 under bf16 mixed precision else 4):
   policy: float32 weights 4N, float32 gradients 4N, AdamW moments 8N, and under bf16 autocast the bf16 weight copies
-  autocast holds during a forward/backward (2N). Frozen copies (reference, lagged precedent): c·N each.
+  autocast holds during a forward/backward (2N). Frozen copies (reference, lagged precedent): 2N each when stored in
+  bf16 (model.frozen_dtype), else 4N; a bf16-stored copy under float32 compute is upcast (4N) for its own log-prob
+  pass, when no gradients (4N) are held, so that transient is below the update's peak.
   Critic (PPO): its trunk + head trained like the policy (16 bytes a parameter, +2 under bf16).
   Training activations of one micro-batch of T = train.micro_batch_tokens tokens, per token and layer
   (HF Llama/Qwen2 decoder layer, what autograd saves): 28·H + 6·KV + 8·I bytes under bf16 autocast,
@@ -188,7 +190,7 @@ def memory_estimate(config: Config, arch: Architecture, prompt_tokens: int = 256
     out: dict[str, float] = {
         "policy weights (fp32)": 4 * n,
         "policy AdamW moments": 8 * n,
-        "frozen copies": (int(uses_kl) + int(lagged)) * c * n,
+        "frozen copies": (int(uses_kl) + int(lagged)) * (2 if m.frozen_storage_dtype == "bfloat16" else 4) * n,
         "critic weights + AdamW": 12 * critic_n,
     }
     if device_type == "cpu":

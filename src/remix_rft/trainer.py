@@ -19,39 +19,36 @@ batch, log-prob passes, advantages), rollout engine, reward, `buffer`, `data.sam
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from remix_rft import checkpoint, evaluation, experience, metrics, perf
 from remix_rft.actor import Actor
 from remix_rft.buffer import ReplayBuffer
-from remix_rft.checkpoint import TrainingState, TrainState, latest_checkpoint
-from remix_rft.config import Config, config_for_resume
+from remix_rft.checkpoint import TrainingState, TrainState
+from remix_rft.config import Config
 from remix_rft.critic import Critic
-from remix_rft.data.sampler import PromptSampler, TrainingPrompts
+from remix_rft.data.sampler import TrainingPrompts
 from remix_rft.data.types import Example
 from remix_rft.distributed import Distributed
-from remix_rft.errors import ConfigError, PathNotFoundError
-from remix_rft.evaluation import comparison_table, pass_at_1_by_benchmark, report_before_after
+from remix_rft.errors import ConfigError
+from remix_rft.evaluation import pass_at_1_by_benchmark, report_before_after
 from remix_rft.experience import FreshRollouts
-from remix_rft.metrics import MetricsLogger, peak_rss_mb
-from remix_rft.models import autocast_context, load_model, load_tokenizer
+from remix_rft.metrics import MetricsLogger
+from remix_rft.models import enable_activation_checkpointing, load_model, load_tokenizer
 from remix_rft.references import FrozenReferences
-from remix_rft.rewards import build_reward
+from remix_rft.rewards import reward_from_config
 from remix_rft.rewards.hacking import build_hacking_monitor
 from remix_rft.rollout import SamplingParams, build_engine, engine_options
 from remix_rft.schedule import StepPlan, build_schedule
 
-__all__ = ["PromptSampler", "TrainState", "Trainer", "comparison_table", "config_for_resume", "peak_rss_mb",
-           "report_before_after", "run_training"]
+__all__ = ["Trainer", "run_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +64,13 @@ class Trainer:
         self.device = self.dist.device
         if resume_from is not None:
             checkpoint.check_world_size(resume_from, self.dist.world_size)
-        random.seed(cfg.train.seed)
-        np.random.seed(cfg.train.seed % 2**32)
-        torch.manual_seed(cfg.train.seed)
+        checkpoint.seed_everything(cfg.train.seed)
         # input first: a wrong model name, data file or benchmark fails in seconds, before a run dir is written
         self.tokenizer = load_tokenizer(cfg.model.name)
         self.prompts = TrainingPrompts(cfg, self.tokenizer)
         evaluates = cfg.eval.benchmarks and (cfg.eval.before_training or cfg.eval.after_training or cfg.eval.every)
         self._eval_sets: dict[str, list[Example]] | None = evaluation.build_eval_sets(cfg) if evaluates else None
-        self.run_dir = Path(self.dist.broadcast_object(str(run_dir or metrics.new_run_dir(cfg))))
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        self.run_dir = metrics.create_run_dir(cfg, run_dir, self.dist)  # rank 0's name; it writes config.yaml
 
         self.pad_id = self.tokenizer.pad_token_id
         # float32 master weights whatever model.dtype says: bf16 runs as autocast, so AdamW's small updates are not
@@ -86,19 +78,14 @@ class Trainer:
         policy = load_model(cfg.model.name, dtype="float32").to(self.device)
         policy.train()
         if cfg.model.gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
+            enable_activation_checkpointing(policy)
         shard = lambda model: self.dist.shard(model, bf16=cfg.model.bf16)  # noqa: E731
-        self.references = FrozenReferences(policy, cfg, shard=shard)
+        self.references = FrozenReferences(policy, cfg, self.dist)
         self.critic = Critic(policy, cfg, self.device, self.dist) if cfg.algorithm.name == "ppo" else None
         self.actor = Actor(shard(policy), cfg, self.dist)
         self.engine = build_engine(cfg.rollout.engine, policy, self.tokenizer, **engine_options(cfg))
         self._engine_weights_step: int | None = 0  # the step whose weights the engine holds (built from step 0's)
-        self._peak_flops: float | None = None  # measured on first use (perf/mfu)
-        self.reward = build_reward(cfg.reward.name, format_weight=cfg.reward.format_weight, timeout=cfg.reward.timeout,
-                                   correct_reward=cfg.reward.correct_reward,
-                                   incorrect_reward=cfg.reward.incorrect_reward,
-                                   require_boxed=cfg.reward.require_boxed, num_workers=cfg.reward.num_workers,
-                                   custom=cfg.reward.custom, grader=cfg.reward.grader)
+        self.reward = reward_from_config(cfg.reward)
         self.hacking = build_hacking_monitor(cfg.reward, self.reward, seed=cfg.train.seed)
         self.stop_reason: str | None = None  # set when the reward-hacking alarm ends the run
         self.schedule = build_schedule(cfg)
@@ -108,7 +95,7 @@ class Trainer:
 
         if resume_from is not None:
             self.state = checkpoint.read_training_state(resume_from, self._training_state(),
-                                                     dtype=cfg.model.compute_dtype)
+                                                     dtype=cfg.model.frozen_storage_dtype)
         # rank 0 writes the run's metrics (after dropping lines logged after the checkpoint)
         self.metrics = MetricsLogger.for_run(cfg, self.run_dir, resume_step=self.state.step if resume_from else None) \
             if self.dist.is_main else None
@@ -116,9 +103,6 @@ class Trainer:
     @property
     def policy(self) -> torch.nn.Module:
         return self.actor.model
-
-    def _autocast(self):
-        return autocast_context(self.device, self.config.model.bf16)
 
     def _sampling(self, step: int) -> SamplingParams:
         ro = self.config.rollout
@@ -156,10 +140,10 @@ class Trainer:
             rollouts = self.engine.generate([self.prompts.prompt(i) for i in indices],
                                             self.config.train.samples_per_prompt, self._sampling(step))
         t1 = time.perf_counter()
-        scores = self.reward.score([r.text for r in rollouts],
-                                   [self.prompts.examples[indices[r.prompt_index]] for r in rollouts])
-        return FreshRollouts(indices, rollouts, scores, {"weight_sync": t_sync - t0, "generation": t1 - t_sync,
-                                                         "scoring": time.perf_counter() - t1})
+        examples = [self.prompts.examples[indices[r.prompt_index]] for r in rollouts]
+        scores = self.reward.score([r.text for r in rollouts], examples)
+        times = {"weight_sync": t_sync - t0, "generation": t1 - t_sync, "scoring": time.perf_counter() - t1}
+        return FreshRollouts(indices, rollouts, examples, scores, times)
 
     def learn(self, step: int, plan: StepPlan, fresh: FreshRollouts) -> dict[str, Any]:
         """Steps 3-7 on this rank's fresh rollouts; returns the step's metrics (reduced over ranks)."""
@@ -179,17 +163,12 @@ class Trainer:
         pass_metrics = experience.logprob_passes(cfg, batch, plan, self.policy, self.references,
                                                  self.critic.model if self.critic else None, self.dist.gathered)
         times["logprobs"] = time.perf_counter() - t0
-        if cfg.rollout.behaviour_logprobs == "recompute":
-            # when replayed, these groups must carry the behaviour log-probs they were trained with as fresh data
-            experience.store_behaviour(fresh_groups, batch.behaviour_logp)
-        else:  # keep the engine's (true behaviour) log-probs, and the trainer's for the mismatch correction
-            experience.store_behaviour(fresh_groups, batch.proximal_logp, "trainer_logprobs")
+        experience.keep_logprobs(cfg, fresh_groups, batch)  # what these groups carry when replayed
 
         # 5. advantages
         experience.compute_advantages(cfg, batch, plan)
 
-        # pi_{k-1} was only needed for this step's precedent log-probs, computed above; from here on the lagged
-        # policy holds pi_k, the precedent of the next step
+        # pi_{k-1} served this step's precedent log-probs (above); the lagged copy now takes pi_k for the next step
         self.references.advance_precedent(self.policy)
 
         # 6. updates
@@ -203,38 +182,27 @@ class Trainer:
         if cfg.remix.enabled and plan.phase == "mix":
             self.buffer.add(fresh_groups)
 
-        local_tokens = sum(len(r.response_ids) for r in rollouts)
-        step_rollouts, step_tokens = self.dist.all_reduce([len(rollouts), local_tokens])
-        self.state.step = step
-        self.state.rollouts_total += int(step_rollouts)
-        self.state.tokens_total += int(step_tokens)
+        self.state.finish_step(step, *self.dist.all_reduce([len(rollouts), sum(len(r.response_ids) for r in rollouts)]))
         times["step"] = time.perf_counter() - step_start + sum(fresh.times.values())
 
-        record = experience.step_record(step, plan, rollouts, fresh.scores, batch, replay_groups, self.state)
-        record.update({"buffer/groups": len(self.buffer), "lr": self.actor.lr, **pass_metrics, **update_metrics})
-        record.update(self.hacking.observe_step(step, [r.text for r in rollouts],
-                                                [self.prompts.examples[fresh.indices[r.prompt_index]] for r in rollouts],
-                                                fresh.scores, [len(r.response_ids) for r in rollouts]))
-        record.update({f"time/{k}": v for k, v in times.items()})
-        record.update(perf.throughput_metrics(perf.step_work(self.policy, self.critic, self.references, batch, rollouts,
-                                                             plan), times, self._peak()))
-        record.update(metrics.peak_memory_mb(self.device))
+        hacking = self.hacking.observe_step(step, [r.text for r in rollouts], fresh.examples, fresh.scores,
+                                            [len(r.response_ids) for r in rollouts])
+        work = perf.step_work(self.policy, self.critic, self.references, batch, rollouts, plan)
+        peak_flops = perf.peak_flops_per_s(self.device, cfg.model.bf16, cfg.train.peak_tflops)
+        record = {**experience.step_record(step, plan, rollouts, fresh.scores, batch, replay_groups, self.state),
+                  "buffer/groups": len(self.buffer), "lr": self.actor.lr, **pass_metrics, **update_metrics, **hacking,
+                  **{f"time/{k}": v for k, v in times.items()}, **perf.throughput_metrics(work, times, peak_flops),
+                  **metrics.peak_memory_mb(self.device)}
         record = metrics.reduce_over_ranks(record, self.dist, len(rollouts), float(batch.tokens.response_mask.sum()))
         record["distributed/world_size"] = self.dist.world_size
         return record
-
-    def _peak(self) -> float:
-        if self._peak_flops is None:
-            self._peak_flops = perf.peak_flops_per_s(self.device, self.config.model.bf16, self.config.train.peak_tflops)
-        return self._peak_flops
 
     def _reincarnate(self, step: int) -> None:
         self.references.reincarnate(self.policy)
         self.state.reincarnated = True
         self.buffer.evict(step + self.config.remix.history_window + 1)  # replay is off from here on: free it
-        self._log({"type": "event", "event": "reincarnation", "step": step,
-                          "rollouts/total": self.state.rollouts_total,
-                          "message": f"reference <- policy after step {step - 1}; on-policy from step {step}"})
+        self._log({"type": "event", "event": "reincarnation", "step": step, "rollouts/total": self.state.rollouts_total,
+                   "message": f"reference <- policy after step {step - 1}; on-policy from step {step}"})
         logger.info("step %d: policy reincarnation (reference <- current policy, on-policy from now on)", step)
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -248,8 +216,8 @@ class Trainer:
             if not self.dist.is_main:
                 return None
             self._eval_sets = self._eval_sets or evaluation.build_eval_sets(self.config)
-            report = evaluation.evaluate_during_training(self.config, self.engine, self.tokenizer, self._eval_sets, self.reward,
-                                              step, self.run_dir)
+            report = evaluation.evaluate_during_training(self.config, self.engine, self.tokenizer, self._eval_sets,
+                                                         self.reward, step, self.run_dir)
         self._log({"type": "eval", "step": step, "rollouts/total": self.state.rollouts_total,
                    "tokens/total": self.state.tokens_total, **report.metrics(prefix="eval")})
         self.eval_history.append((step, report))
@@ -305,26 +273,17 @@ class Trainer:
             self._engine_weights_step = self.state.step
 
     def close(self) -> None:
-        if self.metrics is not None:
-            self.metrics.close()
-        self.hacking.close()
-        for owner in (self.reward, self.engine):  # verifier worker processes; a vLLM engine's memory
-            close = getattr(owner, "close", None)
-            if close is not None:
-                close()
+        # the metrics file, the audit grader's and the reward's verifier processes, a vLLM engine's memory
+        for owner in (self.metrics, self.hacking, self.reward, self.engine):
+            getattr(owner, "close", lambda: None)()
         self.dist.close()
 
 
 def run_training(config: Config, resume: Path | None = None,
                  on_step_end: Callable[[Trainer, dict[str, Any]], None] | None = None) -> Trainer:
     """Train from a config (or resume a run dir) and print the before/after evaluation table."""
-    run_dir, resume_from = None, None
-    if resume is not None:
-        run_dir = Path(resume)
-        resume_from = latest_checkpoint(run_dir)
-        if resume_from is None:
-            raise PathNotFoundError(f"no complete checkpoint under {run_dir / 'checkpoints'} to resume from")
-    trainer = Trainer(config, run_dir=run_dir, resume_from=resume_from, on_step_end=on_step_end)
+    resume_from = checkpoint.checkpoint_to_resume(Path(resume)) if resume is not None else None
+    trainer = Trainer(config, run_dir=resume, resume_from=resume_from, on_step_end=on_step_end)
     try:
         trainer.train()
     finally:

@@ -17,6 +17,7 @@ import torch
 
 from remix_rft.batching import TokenBatch, split_by_token_budget
 from remix_rft.distributed import Distributed, grad_norm_value
+from remix_rft.memory import release_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,13 @@ logger = logging.getLogger(__name__)
 MicroLoss = Callable[[torch.Tensor, TokenBatch, bool], torch.Tensor]
 
 SINGLE_PROCESS = Distributed()
+
+
+def build_adamw(parameters, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (CPU and CUDA, plain and FSDP2 parameters): it updates each tensor in place,
+    where the default multi-tensor kernel makes a full-size temporary (sqrt of the second moment) as large as the
+    model's weights at every step."""
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=True)
 
 
 def minibatch_rows(size: int, minibatch_size: int, seed: int, step: int, epoch: int) -> list[torch.Tensor]:
@@ -81,6 +89,9 @@ def minibatch_step(tokens: TokenBatch, rows: torch.Tensor, optimizer: torch.opti
         filler = rows[:1] if len(rows) else torch.zeros(1, dtype=torch.long)
         passes += [(filler, False)] * (most - len(micros))
     optimizer.zero_grad(set_to_none=True)
+    # the last step's gradients and the earlier passes' activations are free but still resident in the CPU heap:
+    # hand them back so this minibatch's peak (gradients + activations) does not sit on top of them
+    release_freed_memory()
     total = 0.0
     finite = True
     for index, real in passes:

@@ -13,7 +13,13 @@ from remix_rft.rewards.answer_policy import (
 from remix_rft.rewards.base import RewardFunction, Score
 from remix_rft.rewards.combined import CombinedReward
 from remix_rft.rewards.custom import CustomReward, load_callable
-from remix_rft.rewards.factory import GRADING_PROBLEMS, REWARD_NAMES, build_reward, summarise_scores
+from remix_rft.rewards.factory import (
+    GRADING_PROBLEMS,
+    REWARD_NAMES,
+    build_reward,
+    reward_from_config,
+    summarise_scores,
+)
 from remix_rft.rewards.format_reward import FormatReward
 from remix_rft.rewards.math_reward import (
     DEFAULT_MAX_RESPONSE_CHARS,
@@ -52,6 +58,7 @@ __all__ = [
     "VerifierPool",
     "answer_region",
     "build_reward",
+    "reward_from_config",
     "gold_answers",
     "load_callable",
     "summarise_scores",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from remix_rft.errors import ConfigError
 from remix_rft.rewards.answer_policy import STATUS_HEDGED, STATUS_NOT_LITERAL, STATUS_RESTATED
@@ -62,6 +63,14 @@ def build_reward(
     if format_weight > 0:
         extras.append(FormatReward(format_weight))
     return CombinedReward(primary, *extras) if extras else primary
+
+
+def reward_from_config(reward: Any) -> RewardFunction:
+    """The training reward of a run's `reward:` config section (a `config.RewardConfig`)."""
+    return build_reward(reward.name, format_weight=reward.format_weight, timeout=reward.timeout,
+                        correct_reward=reward.correct_reward, incorrect_reward=reward.incorrect_reward,
+                        require_boxed=reward.require_boxed, num_workers=reward.num_workers, custom=reward.custom,
+                        grader=reward.grader)
 
 
 # the statuses counted per batch (logged as `verifier/<status>`): responses that got no reward for a reason other than
