@@ -4,11 +4,13 @@ Each measurement runs in a fresh process (peak RSS, ru_maxrss, is a whole-proces
 SmolLM2-135M on CPU: load the model, build a micro-batch of random tokens, record the resident memory, run the pass,
 report the peak and its rise over the model-loaded baseline. `plain` computes the [rows, R, vocab] float32 logits
 of all response columns at once (the code before the lean path); `chunked` gathers the response positions' hidden
-states and runs the LM head `--chunk` tokens at a time, recomputing it in backward (remix_rft/logprobs.py).
+states and runs the LM head `--chunk` tokens at a time, recomputing it in backward (remix_rft/logprobs.py);
+`chunked + act. ckpt` adds activation checkpointing (`model.gradient_checkpointing`, as the default job does).
 
     python benchmarks/memory.py                          # the four passes, table printed
     python benchmarks/memory.py --job                    # + the default job (`remix-rft train`) peak RSS and time
     python benchmarks/memory.py --job --job-overrides train.steps=2 eval.before_training=false
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 python benchmarks/memory.py --only-job   # another allocator
 
 Prints a table; nothing is asserted (targets are checked by reading it, see the README's Benchmarks section).
 """
@@ -39,11 +41,13 @@ def worker(kind: str, path: str, args: argparse.Namespace) -> dict:
     import torch
 
     from remix_rft.batching import collate, token_logprobs
-    from remix_rft.models import autocast_context, load_model
+    from remix_rft.models import autocast_context, enable_activation_checkpointing, load_model
 
     torch.manual_seed(0)
     model = load_model(args.model)
     model.train(kind == "train")
+    if path == "checkpointed":
+        enable_activation_checkpointing(model)
     generator = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     prompts = torch.randint(3, vocab, (args.rows, args.prompt_tokens), generator=generator).tolist()
@@ -106,6 +110,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (slow on CPUs without AVX512-BF16)")
     parser.add_argument("--job", action="store_true", help="also run the default job and report its peak RSS")
     parser.add_argument("--job-overrides", nargs="*", default=[], help="overrides for the default job")
+    parser.add_argument("--only-job", action="store_true", help="the default job only, not the four passes")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -116,16 +121,22 @@ def main() -> None:
           f" response) = {tokens} tokens, {'bf16 autocast' if args.bf16 else 'float32'}, "
           f"{os.cpu_count()} CPUs, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     header = f"{'pass':<24} {'log-probs':<22} {'peak RSS MB':>12} {'rise MB':>9} {'seconds':>8}"
-    print(header + "\n" + "-" * len(header))
-    for kind, label in (("logprobs", "log-prob pass (no grad)"), ("train", "train micro-batch")):
-        for path in ("plain", "chunked"):
+    if not args.only_job:
+        print(header + "\n" + "-" * len(header))
+    names = {"plain": "plain (full logits)", "chunked": f"chunked ({args.chunk} tokens)",
+             "checkpointed": "chunked + act. ckpt"}
+    for kind, label in () if args.only_job else (("logprobs", "log-prob pass (no grad)"),
+                                                  ("train", "train micro-batch")):
+        for path in ("plain", "chunked") if kind == "logprobs" else ("plain", "chunked", "checkpointed"):
             result = run_worker(kind, path, args)
-            name = "plain (full logits)" if path == "plain" else f"chunked ({args.chunk} tokens)"
+            name = names[path]
             print(f"{label:<24} {name:<22} {result['peak_mb']:>12.0f} "
                   f"{result['peak_mb'] - result['baseline_mb']:>9.0f} {result['seconds']:>8.1f}", flush=True)
-    if args.job:
+    if args.job or args.only_job:
         job = run_job(args.job_overrides)
-        print(f"\ndefault job (remix-rft train {' '.join(args.job_overrides)}): wall {job['seconds'] / 60:.1f} min, "
+        allocator = f", LD_PRELOAD={os.environ['LD_PRELOAD']}" if os.environ.get("LD_PRELOAD") else ""
+        print(f"\ndefault job (remix-rft train {' '.join(args.job_overrides)}{allocator}): "
+              f"wall {job['seconds'] / 60:.1f} min, "
               f"peak RSS {job['peak_rss_mb']:.0f} MB (plan estimate {job['plan_mb']:.0f} MB)")
         for step, scores in job["eval"]:
             print(f"  eval at step {step}: {scores}")

@@ -49,3 +49,13 @@ def test_resave_same_step_replaces_it(tmp_path):
 
 def test_no_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path) is None
+
+
+def test_checkpoint_to_resume_names_the_run_without_one(tmp_path):
+    from remix_rft.checkpoint import checkpoint_to_resume
+    from remix_rft.errors import PathNotFoundError
+
+    with pytest.raises(PathNotFoundError, match="no complete checkpoint under .*checkpoints"):
+        checkpoint_to_resume(tmp_path)
+    save_checkpoint(tmp_path, 3, lambda d: (d / "state.txt").write_text("three"))
+    assert checkpoint_to_resume(tmp_path).name == "step_000003"

@@ -57,13 +57,17 @@ def test_small_learning_rate_moves_the_policy_the_same_way_under_bf16_as_under_f
     assert old_changed < 0.5 and old_signs < 0.5
 
 
-def test_bf16_config_keeps_float32_master_weights_and_bf16_frozen_copies(tmp_path):
-    config = load_config("remix-grpo", [
-        "model.name=tiny-random", "model.device=cpu", "model.dtype=bfloat16", "train.steps=1",
+def _tiny_config(tmp_path, *overrides: str):
+    """A one-step ReMix-GRPO run on the tiny model with a reference and a lagged precedent (KL-Convex from step 1)."""
+    return load_config("remix-grpo", [
+        "model.name=tiny-random", "model.device=cpu", "train.steps=1",
         "train.prompts_per_step=2", "train.samples_per_prompt=2", "train.minibatch_size=4", "data.limit=8",
         "rollout.max_new_tokens=4", "eval.benchmarks=[]", f"logging.output_dir={tmp_path}", "logging.progress=false",
-        "logging.tensorboard=false", "remix.offpolicy_fraction=0.5", "remix.kl_convex_start=0"])
-    trainer = Trainer(config)
+        "logging.tensorboard=false", "remix.offpolicy_fraction=0.5", "remix.kl_convex_start=0", *overrides])
+
+
+def test_bf16_config_keeps_float32_master_weights_and_bf16_frozen_copies(tmp_path):
+    trainer = Trainer(_tiny_config(tmp_path, "model.dtype=bfloat16"))
     try:
         assert {p.dtype for p in trainer.policy.parameters()} == {torch.float32}
         assert {p.dtype for p in trainer.references.reference.parameters()} == {torch.bfloat16}
@@ -102,18 +106,10 @@ def test_dtype_auto_on_cuda_without_a_gpu_is_float32(monkeypatch):
     assert load_config("quickstart", ["model.device=cuda"]).model.compute_dtype == "float32"
 
 
-def _float32_config(tmp_path, *overrides: str):
-    return load_config("remix-grpo", [
-        "model.name=tiny-random", "model.device=cpu", "model.dtype=float32", "train.steps=1",
-        "train.prompts_per_step=2", "train.samples_per_prompt=2", "train.minibatch_size=4", "data.limit=8",
-        "rollout.max_new_tokens=4", "eval.benchmarks=[]", f"logging.output_dir={tmp_path}", "logging.progress=false",
-        "logging.tensorboard=false", "remix.offpolicy_fraction=0.5", "remix.kl_convex_start=0", *overrides])
-
-
 def test_frozen_dtype_bfloat16_under_float32_compute_stores_bf16_and_computes_float32(tmp_path):
     """model.frozen_dtype=bfloat16: half the frozen copies' memory; their log-probs are exactly a float32 pass over
     the bf16-rounded weights (not a bf16 pass), and close to the float32 copies'."""
-    trainer = Trainer(_float32_config(tmp_path, "model.frozen_dtype=bfloat16"))
+    trainer = Trainer(_tiny_config(tmp_path, "model.dtype=float32", "model.frozen_dtype=bfloat16"))
     try:
         references = trainer.references
         assert references.upcast
@@ -132,7 +128,7 @@ def test_frozen_dtype_bfloat16_under_float32_compute_stores_bf16_and_computes_fl
         assert (got - exact).abs().max() < 0.05  # bf16 rounding of the weights only
         assert (got - bf16_pass.float()).abs().max() > (got - expected).abs().max()  # not a bf16 computation
         record = trainer.train_step(1)
-        assert record["optimizer_steps"] >= 1 and record["kl/base"] >= 0
+        assert record["optimizer_steps"] >= 1 and record["kl/base"] >= 0 and record["kl/precedent"] >= 0
         # reincarnation copies the float32 policy into the bf16 store
         references.reincarnate(trainer.policy)
         assert {p.dtype for p in references.reference.parameters()} == {torch.bfloat16}
@@ -143,10 +139,23 @@ def test_frozen_dtype_bfloat16_under_float32_compute_stores_bf16_and_computes_fl
 
 
 def test_frozen_dtype_auto_follows_the_compute_dtype(tmp_path):
-    model = _float32_config(tmp_path).model
+    model = _tiny_config(tmp_path, "model.dtype=float32").model
     assert model.frozen_dtype == "auto" and model.frozen_storage_dtype == "float32"
     assert load_config("quickstart", ["model.dtype=bfloat16"]).model.frozen_storage_dtype == "bfloat16"
     assert load_config("quickstart", ["model.dtype=bfloat16", "model.frozen_dtype=float32"]
                        ).model.frozen_storage_dtype == "float32"
     with pytest.raises(ValueError, match="model.frozen_dtype"):
         load_config("quickstart", ["model.frozen_dtype=float16"])
+
+
+def test_proximal_precedent_keeps_no_copy_and_logs_no_precedent_kl(tmp_path):
+    """remix.precedent=proximal: pi_k's log-probs stand in for pi_{k-1}'s, so there is no lagged copy and the
+    precedent KL measured before the update (0 by construction) is not logged; the KL-Convex loss still has it."""
+    trainer = Trainer(_tiny_config(tmp_path, "model.dtype=float32", "remix.precedent=proximal"))
+    try:
+        assert trainer.references.lagged is None and trainer.references.reference is not None
+        record = trainer.train_step(1)
+        assert "kl/precedent" not in record and record["kl/base"] >= 0 and record["kl_convex/weight"] < 1
+        assert record["optimizer_steps"] >= 1
+    finally:
+        trainer.close()

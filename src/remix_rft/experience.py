@@ -178,8 +178,9 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
             with gathered(references.lagged):
                 batch.precedent_logp = references.precedent_logprobs(tokens, temperature, budget,
                                                                      batch.proximal_logp)
-            metrics["kl/precedent"] = float(algos.masked_mean(
-                algos.kl_penalty(batch.proximal_logp, batch.precedent_logp, "k3"), mask))
+            if references.lagged is not None:  # a proximal precedent is pi_k itself: its KL here is 0 by construction
+                metrics["kl/precedent"] = float(algos.masked_mean(
+                    algos.kl_penalty(batch.proximal_logp, batch.precedent_logp, "k3"), mask))
         if critic is not None:
             critic.eval()
             with gathered(critic):

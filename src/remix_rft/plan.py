@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,7 +229,13 @@ def memory_estimate(config: Config, arch: Architecture, prompt_tokens: int = 256
     return out
 
 
-def default_device_memory_gb() -> float:
+def default_device_memory_gb(device_type: str = "cuda") -> float:
+    """The visible GPU's memory; for a CPU run this machine's RAM; else 80 (an 80 GB GPU, as the paper's)."""
+    if device_type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        except (ValueError, OSError, AttributeError):  # no sysconf (Windows) or no such name
+            return 80.0
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(0).total_memory / 1e9
     return 80.0
@@ -269,7 +276,7 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-config", default=None,
                         help="the model's config.json (or its folder), when the model's own files are not at hand")
     parser.add_argument("--device-memory-gb", type=float, default=None,
-                        help="memory of one device (default: the visible GPU's, else 80)")
+                        help="memory of one device (default: the visible GPU's; for cpu this machine's RAM; else 80)")
     parser.add_argument("--prompt-tokens", type=int, default=256, help="typical prompt length in tokens")
     parser.add_argument("--device", choices=("cuda", "cpu"), default=None,
                         help="estimate for this device type (default: from model.device / what is visible); cpu "
@@ -290,7 +297,7 @@ def plan_command(args: argparse.Namespace) -> int:
         wanted = config.model.device
         device_type = "cuda" if wanted.startswith("cuda") or (wanted == "auto" and torch.cuda.is_available()) \
             else "cpu"
-    memory = args.device_memory_gb or default_device_memory_gb()
+    memory = args.device_memory_gb or default_device_memory_gb(device_type)
     if args.json:
         estimate = memory_estimate(config, arch, args.prompt_tokens, device_type)
         phases, total = step_arithmetic(config)
