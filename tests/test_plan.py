@@ -94,3 +94,10 @@ def test_estimate_within_30_percent_of_measured_peak_rss_on_cpu(tmp_path):
     estimate = memory_estimate(load_config("remix-grpo", overrides), resolve_architecture(str(model_dir)),
                                prompt_tokens=64, device_type="cpu")["peak"]
     assert estimate == pytest.approx(measured, rel=0.3), (estimate / 2**20, measured / 2**20)
+
+
+def test_cpu_plan_compares_with_this_machines_ram(capsys):
+    assert main(["plan", "--device", "cpu"]) == 0  # the default job
+    ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    out = capsys.readouterr().out
+    assert f"GB of {ram_gb:.0f} GB" in out and "runtime (python, torch)" in out
