@@ -16,7 +16,6 @@ estimate for the same settings.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from remix_rft.config import load_config  # noqa: E402
-from remix_rft.metrics import peak_rss_mb  # noqa: E402
+from remix_rft.metrics import peak_rss_mb, read_metrics  # noqa: E402
 from remix_rft.plan import memory_estimate, resolve_architecture  # noqa: E402
 from remix_rft.schedule import ReMixSchedule  # noqa: E402
 from remix_rft.trainer import Trainer  # noqa: E402
@@ -116,7 +115,7 @@ def main() -> None:
         trainer.train()
     finally:
         trainer.close()
-    lines = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(trainer.run_dir / "metrics.jsonl")
     steps = [line for line in lines if line["type"] == "train"]
     if trainer.device.type == "cuda":
         measured_peak = torch.cuda.max_memory_allocated(trainer.device)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -29,18 +28,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def worker(kind: str, path: str, args: argparse.Namespace) -> dict:
     import torch
 
     from remix_rft.batching import collate, token_logprobs
+    from remix_rft.metrics import peak_rss_mb, rss_mb
     from remix_rft.models import autocast_context, enable_activation_checkpointing, load_model
 
     torch.manual_seed(0)
@@ -54,7 +46,7 @@ def worker(kind: str, path: str, args: argparse.Namespace) -> dict:
     responses = torch.randint(3, vocab, (args.rows, args.response_tokens), generator=generator).tolist()
     batch = collate(prompts, responses, pad_token_id=0)
     chunk = None if path == "plain" else args.chunk
-    baseline = _rss_mb()
+    baseline = rss_mb()
     start = time.perf_counter()
     if kind == "logprobs":
         with torch.no_grad(), autocast_context("cpu", args.bf16):
@@ -64,7 +56,7 @@ def worker(kind: str, path: str, args: argparse.Namespace) -> dict:
             logp, entropy = token_logprobs(model, batch, with_entropy=True, chunk_tokens=chunk)
         (logp.sum() + 0.01 * entropy.sum()).backward()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     return {"baseline_mb": baseline, "peak_mb": peak, "seconds": seconds}
 
 
@@ -82,6 +74,7 @@ def run_job(overrides: list[str]) -> dict:
     import tempfile
 
     from remix_rft.config import load_config
+    from remix_rft.metrics import read_metrics
     from remix_rft.plan import memory_estimate, resolve_architecture
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +83,7 @@ def run_job(overrides: list[str]) -> dict:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "remix_rft.cli", "train", *overrides, *run], check=True, env=env)
         seconds = time.perf_counter() - start
-        lines = [json.loads(line) for line in (Path(tmp) / "job" / "metrics.jsonl").read_text().splitlines()]
+        lines = read_metrics(Path(tmp) / "job" / "metrics.jsonl")
     train = [line for line in lines if line["type"] == "train"]
     evals = [line for line in lines if line["type"] == "eval"]
     config = load_config("quickstart", overrides)

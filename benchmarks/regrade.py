@@ -13,10 +13,10 @@ paper benchmarks). Every verdict is recomputed, nothing is read from the file's 
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from pathlib import Path
 
+from remix_rft.data.loaders import read_jsonl
 from remix_rft.data.types import Example
 from remix_rft.evaluation import markdown_table
 from remix_rft.rewards import MathReward
@@ -24,13 +24,10 @@ from remix_rft.rewards import MathReward
 
 def load_samples(path: Path) -> list[dict]:
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        record = json.loads(line)
+    for location, record in read_jsonl(path):
         missing = [key for key in ("prompt", "response", "ground_truth") if key not in record]
         if missing:
-            raise ValueError(f"{path}, line {number}: not an eval sample (missing {missing})")
+            raise ValueError(f"{path}, {location}: not an eval sample (missing {missing})")
         records.append(record)
     return records
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from remix_rft.data.loaders import read_jsonl
 from remix_rft.data.types import Example
 from remix_rft.rewards import MathReward, summarise_scores
 
@@ -23,13 +24,10 @@ REQUIRED = ("class", "problem", "gold", "response", "correct")
 
 def load_cases(path: Path) -> list[dict]:
     cases = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for location, row in read_jsonl(path):
         missing = [key for key in REQUIRED if key not in row]
         if missing or row["class"] not in CLASSES:
-            raise ValueError(f"{path}, line {number}: missing {missing} or unknown class {row.get('class')!r}")
+            raise ValueError(f"{path}, {location}: missing {missing} or unknown class {row.get('class')!r}")
         cases.append(row)
     return cases
 

@@ -8,11 +8,7 @@ import pytest
 import torch
 
 from remix_rft.memory import release_freed_memory
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+from remix_rft.metrics import rss_mb
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim and /proc are Linux's")
@@ -22,7 +18,7 @@ def test_release_freed_memory_returns_freed_heap_pages():
     for i in range(4000):
         (keep if i % 50 == 0 else drop).append(torch.ones(16_000))  # 64 KB each: ~250 MB freed, pinned by `keep`
     del drop
-    before = _rss_mb()
+    before = rss_mb()
     assert release_freed_memory() is True
-    assert _rss_mb() < before - 100
+    assert rss_mb() < before - 100
     assert sum(float(t[0]) for t in keep) == len(keep)  # what is still live is untouched

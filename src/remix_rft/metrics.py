@@ -24,6 +24,15 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def rss_mb() -> float:
+    """Resident memory of this process now, in MiB (Linux's /proc; NaN where there is none)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return float("nan")
+
+
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
     """Peak resident memory of this process (and peak allocated GPU memory on CUDA), in MiB."""
     out = {"memory/peak_rss_mb": peak_rss_mb()}

@@ -199,7 +199,7 @@ def _load_file(
 ) -> list[Example]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = _read_jsonl(path)
+        rows = read_jsonl(path)
     elif suffix == ".json":
         rows = _read_json_array(path)
     elif suffix == ".parquet":
@@ -213,7 +213,8 @@ def _load_file(
     )
 
 
-def _read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
+def read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
+    """("line N", object) for each non-blank line; a malformed line or unreadable file is a DataError naming it."""
     with _open_text(path) as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
