@@ -10,7 +10,7 @@ states and runs the LM head `--chunk` tokens at a time, recomputing it in backwa
     python benchmarks/memory.py                          # the four passes, table printed
     python benchmarks/memory.py --job                    # + the default job (`remix-rft train`) peak RSS and time
     python benchmarks/memory.py --job --job-overrides train.steps=2 eval.before_training=false
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 python benchmarks/memory.py --only-job   # another allocator
+    python benchmarks/memory.py --only-job --allocators auto system   # the job under jemalloc, then glibc's malloc
 
 Prints a table; nothing is asserted (targets are checked by reading it, see the README's Benchmarks section).
 """
@@ -69,27 +69,35 @@ def run_worker(kind: str, path: str, args: argparse.Namespace) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_job(overrides: list[str]) -> dict:
-    """The default job in a subprocess: wall time, peak RSS it logged, and the plan's CPU estimate."""
+def run_job(overrides: list[str], allocator: str) -> dict:
+    """The default job in a subprocess (REMIX_RFT_ALLOCATOR=`allocator`): wall time, the allocator it ran under,
+    the peak RSS it logged, and the plan's CPU estimate."""
+    import re
     import tempfile
 
     from remix_rft.config import load_config
+    from remix_rft.memory import ALLOCATOR_ENV
     from remix_rft.metrics import read_metrics
     from remix_rft.plan import memory_estimate, resolve_architecture
 
     with tempfile.TemporaryDirectory() as tmp:
         run = [f"logging.output_dir={tmp}", "logging.run_name=job", "logging.progress=false"]
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), ALLOCATOR_ENV: allocator}
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "remix_rft.cli", "train", *overrides, *run], check=True, env=env)
+        done = subprocess.run([sys.executable, "-m", "remix_rft.cli", "train", *overrides, *run], env=env,
+                              stderr=subprocess.PIPE, text=True)
         seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            sys.exit(f"the default job failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        used = re.search(r"host memory allocator: (\w+)", done.stderr)
         lines = read_metrics(Path(tmp) / "job" / "metrics.jsonl")
     train = [line for line in lines if line["type"] == "train"]
     evals = [line for line in lines if line["type"] == "eval"]
     config = load_config("quickstart", overrides)
     estimate = memory_estimate(config, resolve_architecture(config.model.name), prompt_tokens=64, device_type="cpu")
     accuracy = [(e["step"], {k: v for k, v in e.items() if k.endswith("pass@1")}) for e in evals]
-    return {"seconds": seconds, "peak_rss_mb": max(line["memory/peak_rss_mb"] for line in train),
+    return {"seconds": seconds, "allocator": used.group(1) if used else "?",
+            "peak_rss_mb": max(line["memory/peak_rss_mb"] for line in train),
             "plan_mb": estimate["peak"] / 2**20, "eval": accuracy}
 
 
@@ -104,6 +112,8 @@ def main() -> None:
     parser.add_argument("--job", action="store_true", help="also run the default job and report its peak RSS")
     parser.add_argument("--job-overrides", nargs="*", default=[], help="overrides for the default job")
     parser.add_argument("--only-job", action="store_true", help="the default job only, not the four passes")
+    parser.add_argument("--allocators", nargs="+", default=["auto"], choices=["auto", "jemalloc", "system"],
+                        help="run the job once per host allocator (REMIX_RFT_ALLOCATOR; auto: jemalloc if installed)")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -126,13 +136,14 @@ def main() -> None:
             print(f"{label:<24} {name:<22} {result['peak_mb']:>12.0f} "
                   f"{result['peak_mb'] - result['baseline_mb']:>9.0f} {result['seconds']:>8.1f}", flush=True)
     if args.job or args.only_job:
-        job = run_job(args.job_overrides)
-        allocator = f", LD_PRELOAD={os.environ['LD_PRELOAD']}" if os.environ.get("LD_PRELOAD") else ""
-        print(f"\ndefault job (remix-rft train {' '.join(args.job_overrides)}{allocator}): "
-              f"wall {job['seconds'] / 60:.1f} min, "
-              f"peak RSS {job['peak_rss_mb']:.0f} MB (plan estimate {job['plan_mb']:.0f} MB)")
-        for step, scores in job["eval"]:
-            print(f"  eval at step {step}: {scores}")
+        print(f"\ndefault job: remix-rft train {' '.join(args.job_overrides)}")
+        header = f"{'allocator':<10} {'wall min':>9} {'peak RSS MB':>12} {'plan MB':>8}  held-out Pass@1 by step"
+        print(header + "\n" + "-" * len(header), flush=True)
+        for allocator in args.allocators:
+            job = run_job(args.job_overrides, allocator)
+            scores = "; ".join(f"{step}: {scores}" for step, scores in job["eval"])
+            print(f"{job['allocator']:<10} {job['seconds'] / 60:>9.1f} {job['peak_rss_mb']:>12.0f} "
+                  f"{job['plan_mb']:>8.0f}  {scores}", flush=True)
 
 
 if __name__ == "__main__":

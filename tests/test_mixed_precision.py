@@ -159,3 +159,43 @@ def test_proximal_precedent_keeps_no_copy_and_logs_no_precedent_kl(tmp_path):
         assert record["optimizer_steps"] >= 1
     finally:
         trainer.close()
+
+
+def test_float32_weights_per_module_equals_a_float32_copy_and_upcasts_one_module_at_a_time():
+    """The frozen bf16 copies' float32 passes: exactly a float32 copy's log-probs (lean and plain head paths), with
+    float32 weights held by the running module (and the output embedding) only, and the bf16 storage restored."""
+    from remix_rft.models import float32_weights_per_module, frozen_copy
+
+    model = frozen_copy(build_tiny_model(0), torch.bfloat16)
+    head = model.get_output_embeddings().weight
+    float32_copy = frozen_copy(model, torch.float32)
+    batch, _ = _fixed_batch()
+    seen = []  # float32 parameter count (beyond the output embedding) inside each module's forward
+
+    def count(module, args):
+        seen.append(sum(p.dtype == torch.float32 for p in model.parameters() if p is not head))
+
+    leaves = [m for m in model.modules() if list(m.parameters(recurse=False))]
+    probes = [m.register_forward_pre_hook(count) for m in leaves]
+    with torch.no_grad():
+        for chunk in (64, None):
+            expected = token_logprobs(float32_copy, batch, chunk_tokens=chunk, with_entropy=True)
+            with float32_weights_per_module(model):
+                got = token_logprobs(model, batch, chunk_tokens=chunk, with_entropy=True)
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    for probe in probes:
+        probe.remove()
+    # probes registered before the upcast hooks run first: nothing but the head is float32 then
+    assert seen and max(seen) == 0
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+
+
+def test_float32_weights_per_module_restores_the_storage_when_a_pass_raises():
+    from remix_rft.models import float32_weights_per_module, frozen_copy
+
+    model = frozen_copy(build_tiny_model(0), torch.bfloat16)
+    with pytest.raises(IndexError), torch.no_grad(), float32_weights_per_module(model):
+        model(input_ids=torch.tensor([[10**6]]))  # the embedding raises inside its forward
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())

@@ -205,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging()
     try:
+        if argv is None and args.command == "train" and not args.print_config:
+            from remix_rft.memory import reexec_with_jemalloc
+
+            reexec_with_jemalloc()  # a program, not a library call: run training under jemalloc where installed
         return args.handler(args)
     except UserError as err:
         if debug_requested(args):

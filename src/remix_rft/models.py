@@ -344,6 +344,52 @@ def frozen_copy(model: nn.Module, dtype: str | torch.dtype) -> nn.Module:
     return clone
 
 
+@contextlib.contextmanager
+def float32_weights_per_module(model: nn.Module):
+    """Inference passes of a model stored in a low-precision dtype, computed in float32 one module at a time.
+
+    Each module holding parameters gets a float32 copy of them for the length of its own forward only, so at most
+    one module's float32 weights exist beside the stored ones (a whole float32 copy of the model never does). The
+    output embedding is upcast for the whole pass: the lean log-prob path reads its weight outside its forward.
+    Results equal those of a float32 copy of the model. No autograd: for frozen models under `torch.no_grad()`.
+    """
+    def upcast(params) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        stored = [(p, p.data) for p in params if p.dtype != torch.float32 and p.is_floating_point()]
+        for p, data in stored:
+            p.data = data.float()
+        return stored
+
+    def restore(stored: list[tuple[nn.Parameter, torch.Tensor]]) -> None:
+        for p, data in stored:
+            p.data = data
+
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if get_head is not None else None
+    handles, pending = [], {}
+    head_stored = upcast(head.parameters()) if head is not None else []
+    try:
+        for module in model.modules():
+            params = list(module.parameters(recurse=False))
+            if not params:
+                continue
+
+            def pre_hook(mod, args, params=params):
+                pending.setdefault(id(mod), []).append(upcast(params))
+
+            def post_hook(mod, args, output):
+                restore(pending[id(mod)].pop())
+
+            handles += [module.register_forward_pre_hook(pre_hook), module.register_forward_hook(post_hook)]
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+        for stored in pending.values():  # a forward that raised never reached its post-hook
+            for entry in stored:
+                restore(entry)
+        restore(head_stored)
+
+
 def autocast_context(device: str | torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     """bfloat16 autocast on `device` when enabled (float32 master weights, bf16 matmuls), else a no-op."""
     if not enabled:

@@ -5,6 +5,8 @@ Policy reincarnation (METHOD.md) swaps the base: the current policy becomes the 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from remix_rft import algos
@@ -12,7 +14,7 @@ from remix_rft.batching import TokenBatch, token_logprobs
 from remix_rft.config import Config
 from remix_rft.distributed import Distributed
 from remix_rft.errors import ConfigError
-from remix_rft.models import frozen_copy
+from remix_rft.models import float32_weights_per_module, frozen_copy
 
 
 def kl_term(logp: torch.Tensor, reference_logp: torch.Tensor, precedent_logp: torch.Tensor | None,
@@ -34,7 +36,7 @@ class FrozenReferences:
         needs_lagged = self.uses_kl and remix.enabled and remix.kl_convex and remix.precedent == "lagged"
         # never trained, so no float32 master: stored in the compute dtype, or bf16 when model.frozen_dtype asks
         dtype = config.model.frozen_storage_dtype
-        # bf16 storage under float32 compute: each pass runs on a float32 copy made for it
+        # bf16 storage under float32 compute: each module's weights are upcast for its own forward only
         self.upcast = dtype == "bfloat16" and not config.model.bf16
         if self.upcast and dist is not None and dist.active:
             raise ConfigError("config key 'model.frozen_dtype': bfloat16 storage under float32 compute is "
@@ -46,10 +48,10 @@ class FrozenReferences:
 
     def _logprobs(self, model: torch.nn.Module, tokens: TokenBatch, temperature: float,
                   max_tokens: int | None) -> torch.Tensor:
-        if self.upcast:  # transient: log-prob passes run between updates, when no gradient memory is held
-            model = frozen_copy(model, torch.float32)
-        return token_logprobs(model, tokens, temperature, max_tokens=max_tokens,
-                              chunk_tokens=self.chunk_tokens)[0].float()
+        upcast = float32_weights_per_module(model) if self.upcast else contextlib.nullcontext()
+        with upcast:
+            return token_logprobs(model, tokens, temperature, max_tokens=max_tokens,
+                                  chunk_tokens=self.chunk_tokens)[0].float()
 
     def reference_logprobs(self, tokens: TokenBatch, temperature: float, max_tokens: int | None) -> torch.Tensor:
         return self._logprobs(self.reference, tokens, temperature, max_tokens)

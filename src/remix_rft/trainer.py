@@ -40,6 +40,7 @@ from remix_rft.distributed import Distributed
 from remix_rft.errors import ConfigError
 from remix_rft.evaluation import pass_at_1_by_benchmark, report_before_after
 from remix_rft.experience import FreshRollouts
+from remix_rft.memory import active_allocator
 from remix_rft.metrics import MetricsLogger
 from remix_rft.models import enable_activation_checkpointing, load_model, load_tokenizer
 from remix_rft.references import FrozenReferences
@@ -96,6 +97,8 @@ class Trainer:
         if resume_from is not None:
             self.state = checkpoint.read_training_state(resume_from, self._training_state(),
                                                      dtype=cfg.model.frozen_storage_dtype)
+        if self.device.type == "cpu" and self.dist.is_main:  # jemalloc: README, Memory; remix_rft/memory.py
+            logger.info("host memory allocator: %s", active_allocator())
         # rank 0 writes the run's metrics (after dropping lines logged after the checkpoint)
         self.metrics = MetricsLogger.for_run(cfg, self.run_dir, resume_step=self.state.step if resume_from else None) \
             if self.dist.is_main else None
