@@ -84,3 +84,20 @@ def test_the_train_command_runs_under_the_allocator_it_reports(tmp_path, choice)
     assert done.returncode == 0, done.stderr[-2000:]
     expected = "jemalloc" if choice == "auto" and find_jemalloc() is not None else "system"
     assert f"host memory allocator: {expected}" in done.stderr
+
+
+def test_only_a_training_command_line_is_re_executed():
+    from remix_rft.cli import _trains
+
+    assert _trains(["train"]) and _trains(["--debug", "train", "train.steps=2"]) and _trains(["train", "--resume"])
+    assert not _trains(["train", "--print-config"]) and not _trains(["train", "--help"])
+    assert not _trains(["eval", "--model", "x"]) and not _trains(["plan"]) and not _trains([])
+
+
+def test_a_bad_allocator_choice_fails_cleanly_before_training():
+    env = {**os.environ, ALLOCATOR_ENV: "tcmalloc"}
+    done = subprocess.run([sys.executable, "-m", "remix_rft.cli", "train", "train.steps=1"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"remix-rft train: error: environment variable {ALLOCATOR_ENV}='tcmalloc': "
+                                   "must be one of auto, jemalloc, system")

@@ -199,16 +199,28 @@ def debug_requested(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "debug", False)) or os.environ.get("REMIX_DEBUG", "").lower() in ("1", "true", "yes")
 
 
+def _trains(args: list[str]) -> bool:
+    """Whether a command line runs training: the `train` subcommand, not its --print-config or --help."""
+    command = next((arg for arg in args if not arg.startswith("-")), None)
+    return command == "train" and not {"--print-config", "-h", "--help"} & set(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. Input errors (UserError) print one line and return 2; other exceptions are bugs and
     propagate with their traceback."""
+    if argv is None and _trains(sys.argv[1:]):
+        # a program, not a library call: training runs under jemalloc where installed (remix_rft/memory.py); before
+        # the parser, whose subcommands import torch, so the first process exits cheaply
+        from remix_rft.memory import reexec_with_jemalloc
+
+        try:
+            reexec_with_jemalloc()
+        except UserError as err:
+            print(f"remix-rft train: error: {one_line(err)}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     _configure_logging()
     try:
-        if argv is None and args.command == "train" and not args.print_config:
-            from remix_rft.memory import reexec_with_jemalloc
-
-            reexec_with_jemalloc()  # a program, not a library call: run training under jemalloc where installed
         return args.handler(args)
     except UserError as err:
         if debug_requested(args):
