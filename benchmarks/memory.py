@@ -85,7 +85,7 @@ def run_job(overrides: list[str], allocator: str) -> dict:
         env = {**os.environ, "PYTHONPATH": str(REPO / "src"), ALLOCATOR_ENV: allocator}
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "remix_rft.cli", "train", *overrides, *run], env=env,
-                              stderr=subprocess.PIPE, text=True)
+                              capture_output=True, text=True)  # the table is ours
         seconds = time.perf_counter() - start
         if done.returncode != 0:
             sys.exit(f"the default job failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
