@@ -53,13 +53,12 @@ JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch6
 
 
 def find_jemalloc(candidates: tuple[str, ...] = JEMALLOC_PATHS) -> str | None:
-    """Path of the jemalloc shared library on this machine (Debian/Ubuntu `libjemalloc2`, Fedora `jemalloc`), or
-    None."""
+    """The jemalloc shared library on this machine (Debian/Ubuntu `libjemalloc2`, Fedora `jemalloc`): a path, else a
+    soname the dynamic loader finds itself; None when it is not installed."""
     for path in candidates:
         if os.path.isfile(path):
             return path
-    name = ctypes.util.find_library("jemalloc")
-    return name  # a soname the dynamic loader resolves itself, or None
+    return ctypes.util.find_library("jemalloc")
 
 
 def active_allocator(maps: str = "/proc/self/maps") -> str:
