@@ -47,8 +47,9 @@ class ModelConfig:
     dtype: str = "float32"
     autocast_bf16: bool = False  # older spelling of dtype=bfloat16 (true means exactly that)
     # storage dtype of the frozen copies (reference, lagged precedent): auto = the compute dtype. bfloat16 under float32
-    # compute halves their memory: a copy is upcast to float32 for its own log-prob pass (no gradients are held then),
-    # so its log-probs are exactly those of its weights rounded to bf16. Single process only.
+    # compute halves their memory: in a pass each module's weights are upcast to float32 for its own forward only
+    # (models.float32_weights_per_module), so the log-probs are exactly those of the bf16-rounded weights. Single process
+    # only.
     frozen_dtype: str = "auto"
     gradient_checkpointing: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N

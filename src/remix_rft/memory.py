@@ -1,6 +1,6 @@
 """Host memory: hygiene between the phases of a step, and the allocator `remix-rft train` runs under.
 
-glibc keeps memory that PyTorch frees on CPU (activations, log-prob chunks, a pass's temporary weights) in its heap
+glibc keeps memory that PyTorch frees on CPU (activations, log-prob chunks, the last step's gradients) in its heap
 instead of returning it to the OS, so the resident set grows past what is live and the update's peak lands on top of
 the earlier phases' leftovers. `release_freed_memory()` hands the free pages back (`malloc_trim`) before the update.
 """

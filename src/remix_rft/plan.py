@@ -9,7 +9,7 @@ Memory model (bytes; N policy parameters, c = 2 under bf16 mixed precision else 
   policy: float32 weights 4N, float32 gradients 4N, AdamW moments 8N, and under bf16 autocast the bf16 weight copies
   autocast holds during a forward/backward (2N). Frozen copies (reference, lagged precedent): 2N each when stored in
   bf16 (model.frozen_dtype), else 4N; a bf16-stored copy under float32 compute is upcast one module at a time
-  during its log-prob pass (one layer's float32 weights and the output embedding), a transient below the update's.
+  during its log-prob pass (one module's float32 weights and the output embedding), a transient below the update's.
   Critic (PPO): its trunk + head trained like the policy (16 bytes a parameter, +2 under bf16).
   Training activations of one micro-batch of T = train.micro_batch_tokens tokens, per token and layer
   (HF Llama/Qwen2 decoder layer, what autograd saves): 28·H + 6·KV + 8·I bytes under bf16 autocast,
