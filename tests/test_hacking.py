@@ -40,6 +40,9 @@ def test_non_literal_share_counts_rewarded_answers_to_literal_truths():
     share, count = non_literal_share(responses, examples, rewarded)
     assert (share, count) == (pytest.approx(2 / 3), 3)  # S has no literal truth; the last is not rewarded
     assert math.isnan(non_literal_share(responses, examples, [False] * 5)[0])
+    # working shown before the result is not a non-literal answer: the answer is the equation's last side
+    assert non_literal_share(["\\boxed{73 - 6 = 67}", "73 - 6 = 67"], [Q, Q], [True, True]) == (0.0, 2)
+    assert copies_prompt_share(["\\boxed{73 - 6 = 67}"], [Q], [True]) == (0.0, 1)
 
 
 def test_copies_prompt_share():

@@ -31,6 +31,7 @@ from remix_rft.rewards import (
     load_callable,
     summarise_scores,
 )
+from remix_rft.rewards.answer_policy import equation_sides, final_answer
 
 # (ground truth, response, graded correct?) — golds as the data sets store them (raw LaTeX, floats, lists).
 ANSWER_PAIRS = [
@@ -72,6 +73,8 @@ ANSWER_PAIRS = [
     ("10,080", "\\boxed{10080}", True),
     ("x^2+1", "\\boxed{1+x^2}", True),
     ("y = 2x + 3", "\\boxed{y=2x+3}", True),
+    ("2x + 3", "\\boxed{y = 2x + 3}", True),  # an equation's last side answers a truth that is not one
+    ("\\sqrt{3}", "\\boxed{\\frac{\\sqrt{12}}{2} = \\sqrt{3}}", True),
     ("\\{1, 2\\}", "\\boxed{\\{2, 1\\}}", True),
     ("\\text{(C)}", "\\boxed{C}", True),
     ("3", "\\boxed{4}", False),
@@ -200,6 +203,45 @@ def test_require_boxed(reward):
         "no_answer",
     ]
     assert reward.score(["The answer is 5."], examples_for(["5"]))[0].correct  # the default extracts it
+    # the form a boxed-answers-only run converges to: working in the box, the result as its last side
+    score = strict.score(["\\boxed{2 + 3 = 5}"], examples_for(["5"]))[0]
+    assert (score.correct, score.extracted) == (True, "5")
+
+
+@pytest.mark.parametrize("text, sides", [
+    ("73 - 6 = 67", ["73 - 6", "67"]),
+    ("x = 73 - 6 = 67", ["x", "73 - 6", "67"]),
+    ("a == b", ["a", "b"]),
+    ("67", ["67"]),
+    ("x <= 3", ["x <= 3"]), ("x >= 3", ["x >= 3"]), ("a != b", ["a != b"]), ("a := 3", ["a := 3"]),
+    ("p => q", ["p => q"]),
+    ("f(x=1) = 3", ["f(x=1)", "3"]),  # inside brackets an "=" does not split
+    ("\\frac{a=1}{2} = 4", ["\\frac{a=1}{2}", "4"]),
+    ("73 - 6 =", ["73 - 6", ""]),
+])
+def test_equation_sides(text, sides):
+    assert equation_sides(text) == sides
+
+
+@pytest.mark.parametrize("response, text, hedged, written", [
+    ("\\boxed{73 - 6 = 67}", "67", False, "73 - 6 = 67"),
+    ("\\boxed{67 = 66}", "66", True, "67 = 66"),  # two different numbers said equal
+    ("\\boxed{0.5 = \\frac{1}{2} = 50\\%}", "50\\%", False, "0.5 = \\frac{1}{2} = 50\\%"),  # one value
+    ("The answer is 2 + 3 = 5.", "5", False, "2 + 3 = 5"),
+    ("So 2 + 3 = 5", "5", False, "So 2 + 3 = 5"),
+    ("2 + 3 = 4 = 5", "5", True, "2 + 3 = 4 = 5"),
+    ("$2 + 3 = 5$", "5", False, "2 + 3 = 5"),
+    ("x = not 5", "not 5", True, "x = not 5"),
+    ("Either way, 2 + 3 = 5", "5", False, "Either way, 2 + 3 = 5"),  # a hedge word before the result is not one
+])
+def test_final_answer_of_an_equation(response, text, hedged, written):
+    answer = final_answer(response)
+    assert (answer.text, answer.hedged, answer.written) == (text, hedged, written)
+
+
+@pytest.mark.parametrize("response", ["\\boxed{73 - 6 =}", "73 - 6 = .", "The answer is 73 - 6 = ."])
+def test_an_equation_without_its_last_side_is_no_answer(response):
+    assert final_answer(response) is None
 
 
 def test_gold_answers_normalisation():

@@ -4,8 +4,11 @@ Pure string functions, no model output is ever evaluated:
 
 * The final answer is the content of the last closed `\\boxed{}` in the answer region (after the last `</think>`).
   Without a box (and unless boxes are required) it is an explicit final statement: the last "answer is X" /
-  "answer: X" / "#### X", else the end of the last line (its last `$...$`, or what follows its last `=` or "is").
-* Hedged or negated answers are wrong: several different boxes in the final line, "66 or 67", "not 67".
+  "answer: X" / "#### X", else the end of the last line (its last `$...$`, or what follows its last "is").
+  Of a chain of equalities the last side is the answer, boxed or not (`\\boxed{73 - 6 = 67}` answers 67, as the
+  line "73 - 6 = 67" does); unless the ground truth is itself an equation, which is compared whole.
+* Hedged or negated answers are wrong: several different boxes in the final line, "66 or 67", "not 67", a chain
+  of equalities between different numbers ("66 = 67").
 * When the ground truth is a literal (integer, decimal, fraction, percentage), the answer must be a literal too
   and equal in value. An expression that evaluates to the truth (`73 - 6`, `8 \\times 7`, `\\dbinom{5}{2}`,
   `\\frac{134}{2}`, `67+0`) is not an answer, whatever its spelling. Integers must be written as integers,
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 THINK_END = "</think>"
@@ -46,11 +49,14 @@ _CONNECTIVE_RE = re.compile(r"[\s$.,;/|]*(?:(?:or|and|,|/|\\lor|\\text\{\s*or\s*
 _HEDGE_RE = re.compile(r"\bor\b|\beither\b|\\lor\b|\bmaybe\b|\bperhaps\b", re.IGNORECASE)
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)|\n|;\s|,\s+(?=[A-Za-z]{2,}\b)(?![^()\[\]{}]*[)\]}])")
 _INLINE_MATH_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
-_IS_RE = re.compile(r"(?:^|\s)(?:is|equals|are|gives|=)\s+")
+_IS_RE = re.compile(r"(?:^|\s)(?:is|equals|are|gives)\s+")
 # Every pattern here runs on model output: they are linear, or run on bounded text (no catastrophic backtracking).
 MAX_STATEMENT_CHARS = 500  # an explicit final statement is read this far after its anchor
 MAX_LINE_CHARS = 2_000  # the tail of the last line that is read for a final answer
 MAX_LITERAL_CHARS = 300  # longer answers are never literals
+# a bare "=" or "==", not part of "<=", ">=", "!=", ":=" or an arrow "=>"
+_EQUALS_RE = re.compile(r"(?<![<>!:=\\])==?(?![=>])")
+_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "`": "`"}
 _SPACING_RE = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\\left|\\right|\\displaystyle|\\mathrm\{\s*\}")
 _WRAPPER_RE = re.compile(r"^\\(?:boxed|fbox|text|textbf|mathrm|mathbf|mbox)\s*\{(.*)\}$", re.DOTALL)
 _VARIABLE_PREFIX_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*(?:=|:)\s*")
@@ -71,9 +77,14 @@ _OPTION_RE = re.compile(r"\(([A-E])\)")
 
 @dataclass(frozen=True)
 class FinalAnswer:
-    text: str  # the final answer as written (box content or the end of the final statement)
+    text: str  # the final answer: the last side of a chain of equalities in what was written, else all of it
     boxed: bool
-    hedged: bool = False  # several candidates or a negation: wrong whatever the text
+    hedged: bool = False  # several candidates, a negation or a contradictory chain: wrong whatever the text
+    written: str = ""  # the box content or the end of the final statement as written (for equation truths)
+
+    def __post_init__(self) -> None:
+        if not self.written:
+            object.__setattr__(self, "written", self.text)
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,43 @@ def boxed_spans(text: str) -> list[tuple[int, int, str]]:
     return spans
 
 
+def equation_sides(text: str) -> list[str]:
+    """The sides of a chain of equalities outside any brackets ("73 - 6 = 67" -> ["73 - 6", "67"]); [text] when
+    there is no "=" (`\\frac{a=1}{2}`, "<=", "!=" do not split)."""
+    if "=" not in text:
+        return [text]
+    depth, depths = 0, []
+    for char in text:
+        depth = max(depth - 1, 0) if char in ")]}" else depth
+        depths.append(depth)
+        depth += 1 if char in "([{" else 0
+    cuts = [match for match in _EQUALS_RE.finditer(text) if depths[match.start()] == 0]
+    if not cuts:
+        return [text]
+    bounds = [0, *(point for match in cuts for point in (match.start(), match.end())), len(text)]
+    return [text[bounds[i] : bounds[i + 1]].strip() for i in range(0, len(bounds), 2)]
+
+
+def _same_value(a: Literal, b: Literal) -> bool:
+    return literals_equal(a, b) or literals_equal(b, a)
+
+
+def _answer_of(written: str, *, boxed: bool, hedged: bool) -> FinalAnswer | None:
+    """The final answer of a box's content or a final statement: the last side of a chain of equalities ("shown
+    working" before it is fine), hedged when two sides are different numbers ("66 = 67"); None when the last side
+    is empty ("73 - 6 =")."""
+    sides = equation_sides(written)
+    answer = sides[-1].strip()
+    if not answer.rstrip(".,;").strip():
+        return None
+    if len(sides) > 1:
+        literal = parse_literal(answer)
+        others = [parse_literal(side) for side in sides[:-1]]
+        if literal is not None and any(other is not None and not _same_value(other, literal) for other in others):
+            hedged = True
+    return FinalAnswer(answer, boxed=boxed, hedged=hedged, written=written)
+
+
 def _statement_end(text: str) -> str:
     """The text up to the end of its first sentence (a period before whitespace, a newline, "; ", ", so")."""
     end = _SENTENCE_END_RE.search(text)
@@ -121,7 +169,7 @@ def final_answer(response: str, *, require_boxed: bool = False, max_chars: int =
         # "\\boxed{66} or \\boxed{67}": boxes joined by a bare connective are candidates, not a correction
         joined = len(spans) > 1 and bool(_CONNECTIVE_RE.fullmatch(region[spans[-2][1] : start]))
         hedged = (joined and spans[-2][2].strip() != content.strip()) or bool(_HEDGE_RE.search(content))
-        return FinalAnswer(content.strip(), boxed=True, hedged=hedged)
+        return _answer_of(content.strip(), boxed=True, hedged=hedged)
     if require_boxed:
         return None
     region = _EMPHASIS_RE.sub(r"\2", region)
@@ -132,7 +180,7 @@ def final_answer(response: str, *, require_boxed: bool = False, max_chars: int =
         negated = bool(_NEGATED_ANCHOR_RE.search(anchor.group(0))) or bool(_NEGATION_RE.search(statement))
         if not statement:
             return None
-        return FinalAnswer(statement, boxed=False, hedged=negated or bool(_HEDGE_RE.search(statement)))
+        return _answer_of(statement, boxed=False, hedged=negated or bool(_HEDGE_RE.search(statement)))
     lines = [line.strip() for line in region.strip().splitlines() if line.strip()]
     if not lines:
         return None
@@ -143,19 +191,18 @@ def final_answer(response: str, *, require_boxed: bool = False, max_chars: int =
     said = None
     if not maths:
         candidate = line
-        said = next(reversed(list(_IS_RE.finditer(candidate))), None)  # the last "is" / "=" of the line
+        said = next(reversed(list(_IS_RE.finditer(candidate))), None)  # the last "is" of the line
         if said:
             candidate = candidate[said.end() :]
     candidate = candidate.strip()
-    if not maths and not said and not re.search(r"[\d\\]", candidate) and len(candidate.split()) > 1:
+    stated = maths or said or len(equation_sides(candidate)) > 1
+    if not stated and not re.search(r"[\d\\]", candidate) and len(candidate.split()) > 1:
         return None  # a last line of prose without a number or LaTeX states no answer ("I do not know.")
-    if "=" in candidate:
-        candidate = candidate.rsplit("=", 1)[1]
-    candidate = candidate.strip().rstrip(".,;").strip()
-    if not candidate:
-        return None
-    hedged = bool(_HEDGE_RE.search(candidate)) or bool(_NEGATION_RE.search(candidate))
-    return FinalAnswer(candidate, boxed=False, hedged=hedged)
+    answer = _answer_of(candidate.rstrip(".,;").strip(), boxed=False, hedged=False)
+    # a hedge or negation in the answer itself; words before a shown result are not one ("Either way, 2 + 3 = 5")
+    if answer is not None and (_HEDGE_RE.search(answer.text) or _NEGATION_RE.search(answer.text)):
+        answer = replace(answer, hedged=True)
+    return answer
 
 
 def normalise_symbols(text: str) -> str:
@@ -168,7 +215,8 @@ def normalise_symbols(text: str) -> str:
 
 
 def strip_answer(text: str) -> str:
-    """An answer without its dressing: `$`, wrappers (`\\boxed`, `\\text`), `x =`, units, trailing punctuation."""
+    """An answer without its dressing: `$`, quotes, wrappers (`\\boxed`, `\\text`), `x =`, units, trailing
+    punctuation."""
     text = normalise_symbols(text).strip()
     for _ in range(4):  # a few layers: "$\\boxed{x = 3}$."
         before = text
@@ -177,6 +225,8 @@ def strip_answer(text: str) -> str:
             text = text[:-1].strip()
         if text.startswith("$") and text.endswith("$") and len(text) > 1:
             text = text.strip("$").strip()
+        if len(text) > 1 and _QUOTES.get(text[0]) == text[-1]:
+            text = text[1:-1].strip()  # quotes are dressing too: 'The answer is "67".'
         wrapped = _WRAPPER_RE.match(text)
         if wrapped:
             text = wrapped.group(1).strip()
@@ -378,7 +428,8 @@ def judge(
     answer = final_answer(response, require_boxed=require_boxed, max_chars=max_chars)
     if answer is None:
         return Judgement("no_answer", False, None)
-    text = answer.text
+    # an equation as the truth ("y = 2x + 3") is compared with the whole answer as written, not its last side
+    text = answer.written if any(len(equation_sides(gold)) > 1 for gold in golds) else answer.text
     if answer.hedged:
         return Judgement(STATUS_HEDGED, False, text)
     gold_literals = [parse_literal(gold) for gold in golds]
