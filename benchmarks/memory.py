@@ -1,6 +1,6 @@
 """Peak memory and time of the log-prob pass and of one training micro-batch: plain vs lean (chunked) log-probs.
 
-Each measurement runs in a fresh process (peak RSS, ru_maxrss, is a whole-process maximum) on the embedded
+Each measurement runs in a fresh process (peak RSS, VmHWM, is a whole-process maximum) on the embedded
 SmolLM2-135M on CPU: load the model, build a micro-batch of random tokens, record the resident memory, run the pass,
 report the peak and its rise over the model-loaded baseline. `plain` computes the [rows, R, vocab] float32 logits
 of all response columns at once (the code before the lean path); `chunked` gathers the response positions' hidden

@@ -33,8 +33,28 @@ def crash_after_step_3(trainer: Trainer, record: dict) -> None:
         raise Crash("simulated kill after step 3")
 
 
+def whiten_shares(out: Path) -> None:
+    """MODE `whiten`: each rank whitens its half of a fixed batch with statistics summed over ranks (gloo)."""
+    from remix_rft import algos
+    from remix_rft.distributed import Distributed
+
+    dist = Distributed.from_environment("cpu")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 5, generator=generator) * 3 + torch.arange(8.0)[:, None]  # the halves differ in mean
+    mask = (torch.rand(8, 5, generator=generator) > 0.3).float()
+    start, stop = dist.share(8)
+    mine = algos.masked_whiten(x[start:stop], mask[start:stop], reduce_sum=dist.sum_over_ranks)
+    shares = dist.all_gather_object(mine)
+    if dist.is_main:
+        torch.save({"x": x, "mask": mask, "shares": shares}, out / "whiten.pt")
+    dist.close()
+
+
 def main(mode: str, out: Path, overrides: list[str]) -> None:
     torch.set_num_threads(1)
+    if mode == "whiten":
+        whiten_shares(out)
+        return
     config = load_config(overrides[0], [*TINY, f"logging.output_dir={out}", *overrides[1:]])
     if mode == "step":
         trainer = Trainer(config)
@@ -44,13 +64,14 @@ def main(mode: str, out: Path, overrides: list[str]) -> None:
         trainer.learn(1, plan, fresh)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        weights = get_model_state_dict(trainer.policy, options=StateDictOptions(full_state_dict=True,
-                                                                                cpu_offload=True))
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(trainer.policy, options=full)
+        critic = get_model_state_dict(trainer.critic.model, options=full) if trainer.critic is not None else {}
         references = trainer.references.reference
         dtypes = {"policy": {str(p.dtype) for p in trainer.policy.parameters()},
                   "reference": {str(p.dtype) for p in references.parameters()} if references is not None else set()}
         if trainer.dist.is_main:
-            torch.save({"shares": shares, "weights": weights, "dtypes": dtypes}, out / "step.pt")
+            torch.save({"shares": shares, "weights": weights, "critic": critic, "dtypes": dtypes}, out / "step.pt")
         trainer.close()
         return
     if mode == "crash":

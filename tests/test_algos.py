@@ -230,6 +230,39 @@ def test_masked_mean_and_whiten_by_hand():
     assert torch.equal(masked_whiten(y, torch.tensor([[0.0, 1.0, 0.0, 0.0]])), torch.zeros(1, 4))
 
 
+def test_masked_whiten_over_ranks_equals_whitening_the_whole_batch():
+    """Two data-parallel shards whitened with summed statistics give the whole batch's whitening (the PPO
+    advantage on 2 ranks must be the one-process advantage); each shard's own statistics would not."""
+    import threading
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, generator=generator) * 3 + 2
+    mask = (torch.rand(6, 5, generator=generator) > 0.3).float()
+    x[mask == 0] = float("inf")  # padding never leaks into the statistics
+    whole = masked_whiten(x, mask)
+    shards = [(x[:2], mask[:2]), (x[2:], mask[2:])]
+    barrier, slots, results = threading.Barrier(2), [None, None], [None, None]
+
+    def all_reduce_sum(rank: int, tensor: torch.Tensor) -> torch.Tensor:
+        slots[rank] = tensor
+        barrier.wait()
+        total = slots[0] + slots[1]
+        barrier.wait()  # both ranks have read the slots before either writes its next statistics
+        return total
+
+    def rank_main(rank: int) -> None:
+        results[rank] = masked_whiten(*shards[rank], reduce_sum=lambda t: all_reduce_sum(rank, t))
+
+    threads = [threading.Thread(target=rank_main, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    torch.testing.assert_close(torch.cat(results), whole, atol=1e-6, rtol=0)
+    local = torch.cat([masked_whiten(*shard) for shard in shards])
+    assert not torch.allclose(local, whole, atol=1e-3)
+
+
 def test_grpo_advantages_by_hand():
     rewards = torch.tensor([1.0, 0.0, 1.0, 5.0, 2.0, 2.0])
     groups = torch.tensor([0, 0, 0, 1, 2, 2])

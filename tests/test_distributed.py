@@ -42,11 +42,12 @@ def test_share_splits_whole_groups_evenly():
     assert shares == [(0, 3), (3, 6), (6, 8)]
 
 
-@pytest.mark.parametrize("chunk_tokens", ["3", "null"])
-def test_two_processes_make_the_same_update_as_one(tmp_path, chunk_tokens):
+@pytest.mark.parametrize("name, chunk_tokens", [("grpo", "3"), ("grpo", "null"), ("ppo", "3")])
+def test_two_processes_make_the_same_update_as_one(tmp_path, name, chunk_tokens):
     """(a) One step on 2 ranks (FSDP2, gloo) = one process on the same global batch with the same rollouts, with
-    the chunked LM head (run as an FSDP forward method: it reads the gathered head weight) and the plain one."""
-    overrides = ["grpo", "train.prompts_per_step=4", "train.samples_per_prompt=2", "train.minibatch_size=4",
+    the chunked LM head (run as an FSDP forward method: it reads the gathered head weight) and the plain one.
+    PPO whitens its GAE advantages over the global batch (statistics summed over ranks) and trains a critic."""
+    overrides = [name, "train.prompts_per_step=4", "train.samples_per_prompt=2", "train.minibatch_size=4",
                  "eval.before_training=false", "checkpoint.every=0", "algorithm.kl_coef=0.01",
                  "algorithm.entropy_coef=0.01",  # random tiny model: all rewards 0, the entropy term moves it
                  f"train.logprob_chunk_tokens={chunk_tokens}"]
@@ -72,8 +73,25 @@ def test_two_processes_make_the_same_update_as_one(tmp_path, chunk_tokens):
             assert torch.allclose(value, one[name], atol=1e-5, rtol=0), name
             changed += int(not torch.equal(value, trainer.references.reference.state_dict()[name]))
         assert changed > 0  # the step did update the weights
+        if trainer.critic is not None:
+            critic = trainer.critic.model.state_dict()
+            for name, value in saved["critic"].items():
+                assert torch.allclose(value, critic[name], atol=1e-5, rtol=0), name
     finally:
         trainer.close()
+
+
+def test_ppo_whitening_uses_the_global_batch_statistics(tmp_path):
+    """PPO's advantage whitening on 2 ranks (gloo) equals whitening the whole batch in one process: the mean and
+    variance are summed over ranks. Each rank's own statistics (the old behaviour) give other advantages."""
+    from remix_rft.algos import masked_whiten
+
+    torchrun(str(WORKER), "whiten", str(tmp_path))
+    saved = torch.load(tmp_path / "whiten.pt", weights_only=False)
+    whole = masked_whiten(saved["x"], saved["mask"])
+    torch.testing.assert_close(torch.cat(saved["shares"]), whole, atol=1e-6, rtol=0)
+    own = torch.cat([masked_whiten(saved["x"][:4], saved["mask"][:4]), masked_whiten(saved["x"][4:], saved["mask"][4:])])
+    assert (own - whole).abs().max() > 0.1
 
 
 def _comparable(lines: list[dict]) -> list[dict]:

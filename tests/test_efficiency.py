@@ -109,7 +109,7 @@ def test_wilson_interval_by_hand(efficiency):
     assert efficiency.wilson_interval(0.0, 100)[0] == 0.0 and efficiency.wilson_interval(1.0, 50)[1] == 1.0
     summary = efficiency.RunSummary(efficiency.RunSpec("x", [], "main"), evals=[
         {"rollouts/total": 0, "eval/average/pass@1": 0.22, "eval/average/problems": 100.0}])
-    assert efficiency._interval(summary) == "15.0-31.1"
+    assert efficiency.interval_text(summary) == "15.0-31.1"
 
 
 def test_reported_command_leaves_out_the_notes(efficiency):

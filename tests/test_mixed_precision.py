@@ -95,6 +95,7 @@ def test_autocast_bf16_is_the_older_spelling_of_dtype_bfloat16():
                                                          (False, False, "float32")])
 def test_dtype_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, avx512_bf16, amx, expected):
     """The default job asks for `model.dtype=auto`: emulated bf16 is ~3x slower than float32 on a CPU without it."""
+    monkeypatch.delenv("REMIX_RFT_AUTO_DTYPE", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     model = load_config("quickstart", ["model.device=cpu"]).model
@@ -199,3 +200,73 @@ def test_float32_weights_per_module_restores_the_storage_when_a_pass_raises():
         model(input_ids=torch.tensor([[10**6]]))  # the embedding raises inside its forward
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("forced", ["float32", "bfloat16"])
+def test_auto_dtype_env_overrides_the_cpu_choice_and_run_info_records_it(tmp_path, monkeypatch, forced):
+    """REMIX_RFT_AUTO_DTYPE makes `auto` pick the other CPU kind's precision (how CI runs the bf16 path on AVX2);
+    run_info.json says which precision a run computed in and why, next to the CPU's features."""
+    import json
+
+    from remix_rft import hardware
+
+    monkeypatch.setenv("REMIX_RFT_AUTO_DTYPE", forced)
+    model = load_config("quickstart", ["model.device=cpu"]).model
+    assert model.compute_dtype == forced
+    trainer = Trainer(_tiny_config(tmp_path, "model.dtype=auto"))
+    try:
+        info = json.loads((trainer.run_dir / "run_info.json").read_text())
+    finally:
+        trainer.close()
+    precision = info["precision"]
+    assert precision == {**precision, "requested": "auto", "compute_dtype": forced, "auto_dtype_env": forced}
+    assert "REMIX_RFT_AUTO_DTYPE" in precision["why"]
+    assert info["cpu"]["native_bf16"] == hardware.native_cpu_bf16()
+    assert info["torch"] == torch.__version__ and info["world_size"] == 1
+    assert set(info["cpu"]["flags"]) <= set(hardware.CPU_FLAGS)
+    monkeypatch.setenv("REMIX_RFT_AUTO_DTYPE", "fp8")
+    with pytest.raises(ValueError, match="REMIX_RFT_AUTO_DTYPE"):
+        _ = load_config("quickstart", ["model.device=cpu"]).model.compute_dtype
+
+
+def test_float32_lm_head_computes_the_head_in_float32_in_every_path():
+    """model.lm_head_dtype=float32 under bf16 autocast: generation/plain forwards and the lean chunked path all
+    compute the head's matmul in float32 (so they agree to float32 noise), and frozen copies carry the choice."""
+    from remix_rft.logprobs import run_head_in_float32
+    from remix_rft.models import frozen_copy
+
+    batch, _ = _fixed_batch()
+    model = build_tiny_model(0).eval()
+    with torch.no_grad(), autocast_context("cpu", True):
+        bf16_lean, _ = token_logprobs(model, batch, chunk_tokens=16)
+        run_head_in_float32(model)
+        head = model.get_output_embeddings()
+        hidden = torch.randn(3, head.in_features).to(torch.bfloat16)
+        logits = head(hidden)
+        assert logits.dtype == torch.float32
+        with torch.autocast("cpu", enabled=False):
+            expected = hidden.float() @ head.weight.t()
+        torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+        lean, _ = token_logprobs(model, batch, chunk_tokens=16)
+        plain, _ = token_logprobs(model, batch, chunk_tokens=None)
+        copy = frozen_copy(model, torch.bfloat16)
+        assert copy.get_output_embeddings().forward.__self__ is copy.get_output_embeddings()
+        copied, _ = token_logprobs(copy, batch, chunk_tokens=16)
+    torch.testing.assert_close(lean, plain, rtol=0, atol=1e-4)  # the decoder still runs in bf16 in both
+    assert not torch.equal(lean, bf16_lean)  # the mark reached the lean path
+    assert (copied - lean).abs().max() < 0.1  # bf16-rounded weights, float32 head
+
+
+def test_float32_lm_head_config_applies_to_the_trainer_policy_and_references(tmp_path):
+    from remix_rft.logprobs import FLOAT32_HEAD_ATTR
+
+    with pytest.raises(ValueError, match="model.lm_head_dtype"):
+        load_config("quickstart", ["model.lm_head_dtype=bfloat16"])
+    trainer = Trainer(_tiny_config(tmp_path, "model.dtype=bfloat16", "model.lm_head_dtype=float32"))
+    try:
+        for model in (trainer.policy, trainer.references.reference, trainer.references.lagged):
+            assert getattr(model.get_output_embeddings(), FLOAT32_HEAD_ATTR, False)
+        record = trainer.train_step(1)
+        assert record["optimizer_steps"] >= 1 and record["logprob_mismatch/max"] < 0.5
+    finally:
+        trainer.close()

@@ -69,7 +69,7 @@ def test_bf16_halves_frozen_copies_and_checkpointing_cuts_activations():
 
 def test_estimate_within_30_percent_of_measured_peak_rss_on_cpu(tmp_path):
     """A ~30M-parameter random Llama (so the model, not the Python runtime, dominates) trains one step in a fresh
-    process; its peak RSS (ru_maxrss, logged as memory/peak_rss_mb) is compared with the plan's CPU estimate."""
+    process; its peak RSS (VmHWM, logged as memory/peak_rss_mb) is compared with the plan's CPU estimate."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = load_tokenizer("tiny-random")

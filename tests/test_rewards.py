@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from remix_rft.data.types import Example
+from remix_rft.errors import RewardError
 from remix_rft.rewards import (
     CombinedReward,
     CustomReward,
@@ -471,7 +472,7 @@ def test_custom_reward_by_import_path(custom_module):
 def test_custom_reward_errors(custom_module):
     flaky = CustomReward("my_rewards:flaky").score(["fine", "boom"], examples_for([1, 1]))
     assert [(s.reward, s.status) for s in flaky] == [(1.0, "ok"), (0.0, "error")]
-    with pytest.raises(TypeError, match="my_rewards:bad_type"):
+    with pytest.raises(RewardError, match="my_rewards:bad_type returned 'one'"):  # a bug in the reward: named
         CustomReward("my_rewards:bad_type").score(["x"], examples_for([1]))
 
 

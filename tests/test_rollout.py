@@ -206,3 +206,19 @@ def test_embedded_model_rollouts_agree_with_teacher_forcing(tokenizer):
     with torch.no_grad():
         teacher_forced, _ = token_logprobs(model, batch, temperature=0.8)
     assert (teacher_forced - behaviour_matrix(rollouts, batch.response_length)).abs().max() < 1e-4
+
+
+def test_engine_options_carry_the_vllm_settings_of_the_config():
+    """Each rollout.* setting of the vLLM engine reaches it; kv_cache_gb as bytes (it was once lost in a comment)."""
+    from remix_rft.config import load_config
+    from remix_rft.rollout import engine_options
+
+    config = load_config("remix-grpo", ["rollout.engine=vllm", "rollout.kv_cache_gb=1.5", "model.dtype=bfloat16",
+                                        "rollout.max_model_len=512", "rollout.enable_sleep_mode=true"])
+    options = engine_options(config)
+    assert options["kv_cache_memory_bytes"] == int(1.5 * 2**30)
+    assert options["dtype"] == "bfloat16" and options["autocast_bf16"] is True
+    assert options["max_model_len"] == 512 and options["enable_sleep_mode"] is True
+    assert options["seed"] == config.train.seed
+    assert engine_options(load_config("remix-grpo", ["rollout.engine=vllm"]))["kv_cache_memory_bytes"] is None
+    assert "kv_cache_memory_bytes" not in engine_options(load_config("remix-grpo"))  # the HF engine has no such knob

@@ -37,8 +37,9 @@ TINY = [
 ]
 
 
-def test_quickstart_maps_to_trl_batch_shape(tmp_path):
-    config = load_config("quickstart")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "auto"])
+def test_quickstart_maps_to_trl_batch_shape(tmp_path, dtype):
+    config = load_config("quickstart", [f"model.dtype={dtype}"])
     values = trl_baseline.grpo_config_values(config, tmp_path)
     batch = config.train.prompts_per_step * config.train.samples_per_prompt  # 32 responses a step
     assert values["num_generations"] == config.train.samples_per_prompt
@@ -50,7 +51,9 @@ def test_quickstart_maps_to_trl_batch_shape(tmp_path):
     assert values["loss_type"] == "bnpo" and values["scale_rewards"] == "group"
     assert values["beta"] == config.algorithm.kl_coef and values["epsilon"] == config.algorithm.clip_eps
     assert values["max_completion_length"] == config.rollout.max_new_tokens
-    assert values["bf16"] is config.model.autocast_bf16 and values["use_cpu"] is True
+    # TRL's bf16 flag is our compute dtype, whatever `auto` picked on this CPU
+    assert values["bf16"] is config.model.bf16 is (config.model.compute_dtype == "bfloat16")
+    assert values["use_cpu"] is True
     assert values["gradient_checkpointing"] is config.model.gradient_checkpointing is True
     assert values["shuffle_dataset"] is False
 

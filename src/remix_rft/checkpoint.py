@@ -1,8 +1,9 @@
 """Checkpoints of a training run: atomic publication, and the I/O of the whole training state.
 
-Layout: <run_dir>/checkpoints/step_000010/ written first as a temp dir and renamed into place; the file
-<run_dir>/checkpoints/latest names the newest complete checkpoint and is replaced atomically, so a crash
-mid-save leaves the previous checkpoint usable. A checkpoint holds the policy (a Hugging Face model with its
+Layout: <run_dir>/checkpoints/step_000010/ written first as a temp dir (`.tmp_step_...`), every file and folder in
+it fsynced, then renamed into place; the file <run_dir>/checkpoints/latest names the newest complete checkpoint and
+is replaced atomically. So a crash, kill -9 or power loss mid-save leaves the previous checkpoint usable: resume reads
+only `step_` dirs, which exist only complete, and the next save removes the dead temp dir. A checkpoint holds the policy (a Hugging Face model with its
 tokenizer), the reference (after reincarnation), the lagged precedent, the critic, the optimizers, the replay
 buffer, the prompt sampler's position, the counters and every RNG.
 
@@ -70,11 +71,10 @@ def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], kee
     dist = dist or Distributed()
     root = checkpoint_root(run_dir)
     final = root / f"step_{step:06d}"
-    tmp = root / f".tmp_step_{step:06d}_{dist.broadcast_object(os.getpid())}"
+    tmp = root / f"{TEMP_PREFIX}{step:06d}_{dist.broadcast_object(os.getpid())}"
     if dist.is_main:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        remove_dead_temp_dirs(run_dir)  # left by a save that was killed
         tmp.mkdir()
     dist.barrier()
     write(tmp)
@@ -82,20 +82,76 @@ def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], kee
     if not dist.is_main:
         dist.barrier()
         return final
+    _fsync_tree(tmp)  # the data is on disk before the rename makes it a checkpoint
     if final.exists():  # re-saving the same step (e.g. final save right after a periodic one)
-        old = root / f".old_step_{step:06d}_{os.getpid()}"
+        old = root / f"{OLD_PREFIX}{step:06d}_{os.getpid()}"
         final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old)
     else:
         tmp.rename(final)
+    _fsync_dir(root)
     pointer_tmp = root / f".latest.{os.getpid()}"
-    pointer_tmp.write_text(final.name + "\n")
+    with pointer_tmp.open("w") as handle:
+        handle.write(final.name + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(pointer_tmp, root / "latest")
+    _fsync_dir(root)
     for stale in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
     dist.barrier()
     return final
+
+
+TEMP_PREFIX = ".tmp_step_"  # a checkpoint being written; never read by resume
+OLD_PREFIX = ".old_step_"  # a checkpoint being replaced by a re-save of its step
+
+
+def remove_dead_temp_dirs(run_dir: Path) -> list[Path]:
+    """Delete the temp dirs of saves that never finished (the process was killed); returns what was removed.
+
+    Only one process (rank 0 of the run) saves into a run dir at a time, so any temp dir present at a save's start is
+    dead."""
+    root = checkpoint_root(run_dir)
+    dead = [p for p in root.iterdir() if p.is_dir() and p.name.startswith((TEMP_PREFIX, OLD_PREFIX))] \
+        if root.is_dir() else []
+    dead += [p for p in root.glob(".latest.*") if p.is_file()] if root.is_dir() else []
+    for path in dead:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return dead
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a directory's entries (a rename or a new file in it); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems do not fsync directories; the rename is still atomic there
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(directory: Path) -> None:
+    """fsync every file under `directory`, then every folder (deepest first), then `directory` itself."""
+    folders = []
+    for dirpath, _, filenames in os.walk(directory):
+        folders.append(Path(dirpath))
+        for name in filenames:
+            fd = os.open(Path(dirpath) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for folder in reversed(folders):
+        _fsync_dir(folder)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -110,8 +166,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     root = checkpoint_root(run_dir)
     pointer = root / "latest"
     if pointer.exists():
-        candidate = root / pointer.read_text().strip()
-        if candidate.is_dir():
+        name = pointer.read_text(errors="replace").strip()
+        candidate = root / name
+        if name.startswith("step_") and "/" not in name and candidate.is_dir():
             return candidate
     found = list_checkpoints(run_dir)
     return found[-1] if found else None

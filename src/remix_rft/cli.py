@@ -62,6 +62,7 @@ common overrides (key=value, any number, after the options):
 built-in configs: quickstart (the default), grpo, ppo, remix-grpo, remix-ppo, remix-grpo-1.5b, remix-ppo-1.5b
 a mistake in the input (config, data file, model path, run dir) prints one line and exits with status 2;
 --debug or REMIX_DEBUG=1 adds the traceback
+Ctrl-C stops after the current step with a checkpoint and prints the resume command (exit 130); a second exits at once
 """
 
 EVAL_EPILOG = """\
@@ -146,6 +147,8 @@ def train_command(args: argparse.Namespace) -> int:
         print(config.to_yaml())
         return 0
     trainer = run_training(config, resume=resume_dir)
+    if trainer.interrupted:
+        return 130  # Ctrl-C: stopped after a step, with a checkpoint (the shell's code for SIGINT)
     return 3 if trainer.stop_reason is not None else 0  # 3: ended by the reward-hacking alarm
 
 
@@ -211,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and _trains(sys.argv[1:]):
         # a program, not a library call: training runs under jemalloc where installed (remix_rft/memory.py); before
         # the parser, whose subcommands import torch, so the first process exits cheaply
-        from remix_rft.memory import reexec_with_jemalloc
+        from remix_rft.memory import bound_kernel_caches, reexec_with_jemalloc
 
+        bound_kernel_caches()  # in the environment the re-executed process inherits
         try:
             reexec_with_jemalloc()
         except UserError as err:
@@ -227,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"remix-rft {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C (a second one during training): one line, no traceback
+        if debug_requested(args):
+            traceback.print_exc()
+        if os.environ.get("RANK", "0") == "0":
+            print(f"\nremix-rft {args.command}: {one_line(err) or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

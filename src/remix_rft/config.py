@@ -4,37 +4,40 @@ Every knob is named for what it does. The arithmetic a user needs (see README):
   responses generated per step = fresh prompts x samples_per_prompt, where fresh prompts =
       prompts_per_step - round(offpolicy_fraction x prompts_per_step) in the mix phase, prompts_per_step after;
   optimizer steps per training step = updates_per_batch x (training responses / minibatch_size).
+
+Layering: config sits below every module that reads a Config. Validation checks names against light tables
+(`ROLLOUT_ENGINES`) and registries that import nothing above config; it never imports an engine or the schedule
+(the schedule imports `replayed_prompts` from here). tests/test_imports.py keeps the import graph acyclic.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
-import types
-import typing
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from remix_rft.config_parsing import build_dataclass, deep_merge, load_yaml, parse_override
 from remix_rft.data.prompts import DEFAULT_INSTRUCTION
 from remix_rft.errors import ConfigError, DataError, PathNotFoundError
 
 logger = logging.getLogger(__name__)
 
+# The rollout engines `rollout.ENGINES` builds, by name: a light table, so validating a config imports no engine
+# (transformers, vLLM) and config.py stays below every module that reads a Config (tests/test_imports.py).
+ROLLOUT_ENGINES = ("hf", "vllm")
+
 
 def native_bf16_dtype(device: str) -> str:
-    """`model.dtype=auto` on `device` (a `model.device` value): bfloat16 where it runs natively, else float32."""
-    import torch
+    """`model.dtype=auto` on `device` (a `model.device` value): bfloat16 where it runs natively, else float32
+    (`REMIX_RFT_AUTO_DTYPE` overrides the CPU's choice; see remix_rft.hardware)."""
+    from remix_rft.hardware import auto_dtype
 
-    wants_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if wants_cuda:
-        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
-        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return "bfloat16" if native else "float32"
+    return auto_dtype(device)[0]
 
 
 @dataclass
@@ -51,6 +54,10 @@ class ModelConfig:
     # (models.float32_weights_per_module), so the log-probs are exactly those of the bf16-rounded weights. Single process
     # only.
     frozen_dtype: str = "auto"
+    # the LM head's matmul under bf16 compute: auto = the compute dtype; float32 = the head (and its log-softmax) in
+    # float32 in the sampler (HF engine) and the trainer alike: on the embedded model it more than halves their
+    # log-prob gap, for a slower head matmul in training chunks (README, Precision). No effect under float32 compute.
+    lm_head_dtype: str = "auto"
     gradient_checkpointing: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -64,6 +71,11 @@ class ModelConfig:
     @property
     def bf16(self) -> bool:
         return self.compute_dtype == "bfloat16"
+
+    @property
+    def lm_head_compute_dtype(self) -> str:
+        """The dtype the LM head's matmul runs in."""
+        return self.compute_dtype if self.lm_head_dtype == "auto" else self.lm_head_dtype
 
     @property
     def frozen_storage_dtype(self) -> str:
@@ -165,7 +177,9 @@ class RewardConfig:
     incorrect_reward: float = 0.0
     require_boxed: bool = False
     num_workers: int = 1
-    custom: str | None = None  # package.module:function
+    custom: str | None = None  # package.module:function (or an object with score(responses, examples))
+    # seconds the custom reward may take on one response before the run stops with an error naming it (null: no limit)
+    custom_timeout: float | None = 60.0
     grader: str = "auto"  # strict | paper | auto (paper protocol on the paper's five benchmarks, strict elsewhere)
     stop_on_hacking: bool = False  # end the run (checkpoint kept) when the reward-hacking alarm trips
     hacking_audit_samples: int = 64  # responses a step the strict audit grader regrades
@@ -271,12 +285,10 @@ class Config:
                f"must divide the batch of prompts_per_step x samples_per_prompt = {batch} responses, "
                f"got {t.minibatch_size}")
         if r.enabled:
-            from remix_rft.schedule import ReMixSchedule
-
-            try:  # the schedule owns the replay arithmetic (half-up rounding, at least one fresh prompt)
-                ReMixSchedule(t.prompts_per_step, r.offpolicy_fraction, r.updates_per_batch, r.reincarnate_at)
-            except ValueError as err:
-                raise ConfigError(f"config key 'remix.offpolicy_fraction': {err}") from None
+            replayed = replayed_prompts(t.prompts_per_step, r.offpolicy_fraction)
+            _check(replayed < t.prompts_per_step, "remix.offpolicy_fraction",
+                   f"offpolicy_fraction={r.offpolicy_fraction} with prompts_per_step={t.prompts_per_step} replays "
+                   f"{replayed} prompts and generates none; the buffer would never be refilled")
         _check(t.micro_batch_tokens >= 1, "train.micro_batch_tokens", "must be >= 1")
         _check(t.logprob_chunk_tokens is None or t.logprob_chunk_tokens >= 1, "train.logprob_chunk_tokens",
                "must be >= 1 or null")
@@ -307,6 +319,8 @@ class Config:
         _check(ro.dtype in (None, "float32", "bfloat16", "float16"), "rollout.dtype",
                f"must be float32, bfloat16 or float16, got {ro.dtype!r}")
         _check(self.model.dtype in ("float32", "bfloat16", "auto"), "model.dtype", f"must be float32, bfloat16 or auto, got {self.model.dtype!r}")
+        _check(self.model.lm_head_dtype in ("float32", "auto"), "model.lm_head_dtype",
+               f"must be float32 or auto, got {self.model.lm_head_dtype!r}")
         _check(self.model.frozen_dtype in ("float32", "bfloat16", "auto"), "model.frozen_dtype",
                f"must be float32, bfloat16 or auto, got {self.model.frozen_dtype!r}")
         _check(ro.top_k >= 0, "rollout.top_k", f"must be >= 0 (0 turns it off), got {ro.top_k}")
@@ -315,6 +329,8 @@ class Config:
         _check(self.data.limit is None or self.data.limit >= 1, "data.limit", f"must be >= 1 or null, got {self.data.limit}")
         rw = self.reward
         _check(rw.timeout > 0, "reward.timeout", f"must be > 0 seconds, got {rw.timeout}")
+        _check(rw.custom_timeout is None or rw.custom_timeout > 0, "reward.custom_timeout",
+               f"must be > 0 seconds or null, got {rw.custom_timeout}")
         _check(rw.num_workers >= 1, "reward.num_workers", f"must be >= 1, got {rw.num_workers}")
         _check(rw.format_weight >= 0, "reward.format_weight", f"must be >= 0, got {rw.format_weight}")
         _check(self.eval.limit is None or self.eval.limit >= 1, "eval.limit", f"must be >= 1 or null, got {self.eval.limit}")
@@ -351,11 +367,8 @@ class Config:
                f"unknown reward {self.reward.name!r}: use math, custom (with reward.custom) or package.module:function")
         _check(self.reward.name != "custom" or bool(self.reward.custom), "reward.custom",
                "reward.name=custom needs reward.custom=package.module:function")
-        if self.rollout.engine != "hf":  # importing the engines costs seconds (transformers): only for other names
-            from remix_rft.rollout import ENGINES
-
-            _check(self.rollout.engine in ENGINES, "rollout.engine",
-                   f"unknown engine {self.rollout.engine!r} (known: {', '.join(sorted(ENGINES))})")
+        _check(self.rollout.engine in ROLLOUT_ENGINES, "rollout.engine",
+               f"unknown engine {self.rollout.engine!r} (known: {', '.join(ROLLOUT_ENGINES)})")
         try:
             check_source_options(self.data.train, self.data.train_options)
         except DataError as err:
@@ -368,106 +381,23 @@ class Config:
                 raise ConfigError(f"config key 'eval.options.{name}': {err}") from None
 
 
+def replayed_prompts(prompts_per_step: int, offpolicy_fraction: float) -> int:
+    """Prompt groups a mix-phase step replays: round_half_up(p x prompts_per_step), whole groups. Python's round() is
+    banker's; the epsilon absorbs float noise such as 0.1 x 25. The schedule (schedule.py) plans steps with it."""
+    return math.floor(offpolicy_fraction * prompts_per_step + 0.5 + 1e-9)
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}': {message}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# building a Config from dicts, YAML files and overrides
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Convert a YAML/CLI value to the field's annotated type, or raise ConfigError naming the key."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"config key '{key}': invalid value {value!r}")
-    if annotation is Any:
-        return value
-    if value is None:
-        raise ConfigError(f"config key '{key}': must not be null")
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
-        return [_coerce(v, args[0] if args else Any, key) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
-        return {k: _coerce(v, args[1] if args else Any, f"{key}.{k}") for k, v in value.items()}
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-        try:
-            as_float = float(value)
-        except ValueError:
-            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}") from None
-        if not as_float.is_integer():
-            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-        return int(as_float)
-    if annotation is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key '{key}': expected a number, got {value!r}") from None
-    if annotation is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), names, n=1)
-        hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
-        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' ({hint}known keys under "
-                          f"'{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(names))})")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
-    return cls(**kwargs)
+# building a Config from dicts, YAML files and overrides (the generic parsing is in config_parsing.py)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    return _build(Config, data, "").validate()
-
-
-def deep_merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and value:
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    return build_dataclass(Config, data).validate()
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -490,27 +420,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return data
 
 
-def parse_override(text: str) -> dict[str, Any]:
-    """`a.b.c=value` -> {"a": {"b": {"c": value}}}; the value is parsed as YAML (numbers, bools, null, lists)."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key.sub=value")
-    key, raw = text.split("=", 1)
-    key = key.strip().lstrip("-")
-    if not key:
-        raise ConfigError(f"override '{text}' has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    out: dict[str, Any] = {}
-    node = out
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return out
-
-
 BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -524,24 +433,6 @@ def resolve_config_path(name_or_path: str) -> Path:
         return builtin
     known = ", ".join(sorted(p.stem for p in BUILTIN_CONFIG_DIR.glob("*.yaml")))
     raise ConfigError(f"config file '{name_or_path}' not found: give a YAML path or a built-in config ({known})")
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file '{path}' cannot be read: {err}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{where}: not valid YAML ({problem}); fix the syntax there "
-                          "(indent with spaces, quote strings with ':' or '#')") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping (key: value lines) at the top level")
-    return data
 
 
 def config_for_resume(run_dir: Path) -> dict[str, Any]:
@@ -559,7 +450,7 @@ def load_config(config: str | Path | None = None, overrides: list[str] | tuple[s
         path = resolve_config_path(str(config))
         data = load_yaml(path)
         try:
-            _build(Config, data, "")  # report unknown keys against the file before overrides are mixed in
+            build_dataclass(Config, data)  # report unknown keys against the file before overrides are mixed in
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
     return config_from_dict(apply_overrides(data, overrides))

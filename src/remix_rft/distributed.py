@@ -95,6 +95,15 @@ class Distributed:
                                     "min": dist.ReduceOp.MIN}[op])
         return tensor.tolist()
 
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of `tensor` over ranks (a new tensor; float64 on the wire), e.g. statistics that
+        must be those of the global batch."""
+        if not self.active:
+            return tensor.clone()
+        total = tensor.detach().to(device=self.device, dtype=torch.float64).clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total.to(device=tensor.device, dtype=tensor.dtype)
+
     def all_gather_object(self, value: Any) -> list[Any]:
         if not self.active:
             return [value]

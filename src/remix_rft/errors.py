@@ -54,6 +54,16 @@ class MissingPackageError(UserError, ModuleNotFoundError):
     """An optional package the chosen setting needs is not installed; the message gives the pip command."""
 
 
+class PathNotWritableError(UserError, PermissionError):
+    """A folder the run must write to (logging.output_dir, a run directory) cannot be written."""
+
+
+class RewardError(UserError, RuntimeError):
+    """A user-provided reward misbehaved during a run in a way that would make the step wrong: it hung past its
+    timeout, returned NaN / inf / a non-number, a batch of the wrong length, or raised on every response. The message
+    names the reward and the sample."""
+
+
 def one_line(error: BaseException) -> str:
     """An exception's message on one line (some libraries' messages span several)."""
     return " ".join(part.strip() for part in str(error).splitlines() if part.strip())

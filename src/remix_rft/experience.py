@@ -162,8 +162,15 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
         metrics["entropy"] = float(algos.masked_mean(entropy.float(), mask))
         fresh = ~batch.is_replay
         # sampler vs trainer log-probs of the same tokens (LESSONS #10): a non-zero gap makes "on-policy" off-policy
-        gap = (batch.behaviour_logp[fresh] - batch.proximal_logp[fresh]).abs() * mask[fresh]
+        log_ratio = batch.proximal_logp[fresh] - batch.behaviour_logp[fresh]
+        gap = log_ratio.abs() * mask[fresh]
         metrics["logprob_mismatch/max"] = float(gap.max()) if gap.numel() else 0.0
+        metrics["logprob_mismatch/mean"] = float(algos.masked_mean(gap, mask[fresh]))
+        # tokens whose ratio pi_k(trainer) / pi_k(sampler) already lies outside the clip range before any update:
+        # with recompute they are re-centred below, with engine log-probs they are clipped from the first minibatch
+        eps = config.algorithm.clip_eps
+        outside = ((log_ratio.exp() - 1).abs() > eps).float()
+        metrics["logprob_mismatch/outside_clip_share"] = float(algos.masked_mean(outside, mask[fresh]))
         if config.rollout.behaviour_logprobs == "recompute":
             # fresh data: behaviour = pi_k as the trainer computes it, so their clip centre is exactly 1
             batch.behaviour_logp[fresh] = batch.proximal_logp[fresh]
@@ -213,8 +220,11 @@ def mismatch_correction(config: Config, batch: StepBatch) -> dict[str, float]:
     return metrics
 
 
-def compute_advantages(config: Config, batch: StepBatch, plan: StepPlan) -> None:
-    """GRPO: each group's sequence advantage on every response token; PPO: GAE with the critic's values."""
+def compute_advantages(config: Config, batch: StepBatch, plan: StepPlan,
+                       reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    """GRPO: each group's sequence advantage on every response token; PPO: GAE with the critic's values.
+
+    `reduce_sum` sums statistics over data-parallel ranks: PPO whitens with the global batch's mean and std."""
     mask = batch.tokens.response_mask
     if config.advantage_estimator in CRITIC_ESTIMATORS:
         alg = config.algorithm
@@ -227,7 +237,7 @@ def compute_advantages(config: Config, batch: StepBatch, plan: StepPlan) -> None
         advantages, returns = estimator(rewards=batch.rewards, mask=mask, values=batch.old_values,
                                         token_rewards=token_rewards, gamma=alg.gamma, lam=alg.gae_lambda)
         if alg.whiten_advantages:
-            advantages = algos.masked_whiten(advantages, mask)
+            advantages = algos.masked_whiten(advantages, mask, reduce_sum=reduce_sum)
         batch.advantages, batch.returns = advantages * mask, returns
     else:
         batch.advantages = batch.sequence_advantages[:, None] * mask

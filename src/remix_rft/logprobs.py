@@ -16,7 +16,10 @@ and d/d logits = (d/dz) / T; the hidden states and the head weight get the usual
 
 from __future__ import annotations
 
+import types
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 DEFAULT_CHUNK_TOKENS = 512
@@ -41,6 +44,28 @@ def lean_head(model: nn.Module) -> nn.Linear | None:
     return head
 
 
+# set on an output projection whose matmul runs in float32 under bf16 autocast (model.lm_head_dtype=float32)
+FLOAT32_HEAD_ATTR = "remix_float32_head"
+
+
+def _float32_linear_forward(self: nn.Linear, hidden: Tensor) -> Tensor:
+    with torch.autocast(hidden.device.type, enabled=False):
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(hidden.float(), self.weight.float(), bias)
+
+
+def run_head_in_float32(model: nn.Module) -> None:
+    """Make `model`'s LM head compute in float32 under bf16 autocast, in every path: generation and plain
+    forwards call its forward, the lean path reads the mark. The forward is bound as a method, so copies of the
+    model (frozen references) carry it, bound to their own head. Float32 logits cost one [tokens, vocabulary]
+    float32 matmul instead of a bf16 one; they remove the head's rounding from the sampler/trainer log-prob gap."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"model.lm_head_dtype=float32 needs an nn.Linear output projection, got {type(head)}")
+    head.forward = types.MethodType(_float32_linear_forward, head)
+    setattr(head, FLOAT32_HEAD_ATTR, True)
+
+
 def _compute_dtype(device: torch.device, fallback: torch.dtype) -> torch.dtype:
     """The dtype autocast would run a matmul in on `device` right now (fallback: the weights' dtype)."""
     if torch.is_autocast_enabled(device.type):
@@ -53,8 +78,8 @@ class ChunkedLogProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, temperature: float,
-                chunk_tokens: int, with_entropy: bool) -> tuple[Tensor, Tensor]:
-        compute_dtype = _compute_dtype(hidden.device, weight.dtype)
+                chunk_tokens: int, with_entropy: bool, float32_head: bool = False) -> tuple[Tensor, Tensor]:
+        compute_dtype = torch.float32 if float32_head else _compute_dtype(hidden.device, weight.dtype)
         weight_c = weight.to(compute_dtype)
         bias_c = None if bias is None else bias.to(compute_dtype)
         count = hidden.shape[0]
@@ -117,7 +142,7 @@ class ChunkedLogProbs(torch.autograd.Function):
                     grad_bias.add_(grad_logits.float().sum(dim=0))
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
 
 
 def _scaled_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, compute_dtype: torch.dtype,
@@ -142,5 +167,6 @@ def chunked_logprobs(hidden: Tensor, head: nn.Linear, targets: Tensor, temperatu
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, (empty.clone() if with_entropy else None)
     logprobs, entropy = ChunkedLogProbs.apply(hidden, head.weight, head.bias, targets, float(temperature),
-                                              int(chunk_tokens), bool(with_entropy))
+                                              int(chunk_tokens), bool(with_entropy),
+                                              bool(getattr(head, FLOAT32_HEAD_ATTR, False)))
     return logprobs, (entropy if with_entropy else None)

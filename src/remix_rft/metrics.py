@@ -13,29 +13,45 @@ from typing import Any
 
 import torch
 
+from remix_rft import hardware
 from remix_rft.errors import DataError, DataNotFoundError, MissingPackageError
 
 logger = logging.getLogger(__name__)
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (ru_maxrss is in KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process image so far, in MiB.
+
+    Linux: VmHWM, the high-water mark of this address space. Not ru_maxrss: the kernel carries that across execve,
+    so a process spawned by a 2 GB parent (vfork + exec, as Python's subprocess does) or one that re-executes
+    itself (the jemalloc relaunch) would report the parent's or the old image's peak. ru_maxrss elsewhere (KiB on
+    Linux, bytes on macOS)."""
+    status = _proc_status_kb("VmHWM:")
+    if status is not None:
+        return status / 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def rss_mb() -> float:
-    """Resident memory of this process now, in MiB (Linux's /proc; NaN where there is none)."""
+def _proc_status_kb(field: str) -> int | None:
+    """A `/proc/self/status` field in KiB (e.g. "VmRSS:"), or None where there is no such file or field."""
     try:
         with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return float("nan")
+            return next((int(line.split()[1]) for line in status if line.startswith(field)), None)
+    except OSError:
+        return None
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, in MiB (Linux's /proc; NaN where there is none)."""
+    current = _proc_status_kb("VmRSS:")
+    return current / 1024 if current is not None else float("nan")
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
-    """Peak resident memory of this process (and peak allocated GPU memory on CUDA), in MiB."""
-    out = {"memory/peak_rss_mb": peak_rss_mb()}
+    """Peak and current resident memory of this process (and peak allocated GPU memory on CUDA), in MiB. The
+    current RSS at each step's end is what a leak shows in (benchmarks/soak.py fits its slope)."""
+    out = {"memory/peak_rss_mb": peak_rss_mb(), "memory/rss_mb": rss_mb()}
     if device.type == "cuda":
         out["memory/peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
@@ -60,11 +76,15 @@ def new_run_dir(config) -> Path:
 
 def create_run_dir(config, run_dir: Path | None, dist) -> Path:
     """The run directory (given, else rank 0's `new_run_dir`, shared with every rank); rank 0 creates it and
-    writes the resolved config there."""
+    writes the resolved config and `run_info.json` (versions, CPU features, the precision `auto` chose) there."""
     run_dir = Path(dist.broadcast_object(str(run_dir or new_run_dir(config))))
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config.to_yaml())
+        info = hardware.run_info(config)
+        info["world_size"] = dist.world_size
+        (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        logger.info(hardware.precision_summary(info))
     return run_dir
 
 
@@ -73,7 +93,7 @@ def create_run_dir(config, run_dir: Path | None, dist) -> Path:
 SUM_METRICS = ("rollouts/step", "rollouts/replayed", "replay/groups", "tokens/step", "buffer/groups")
 MAX_METRICS = ("response_length/max", "logprob_mismatch/max")
 ROLLOUT_MEANS = ("reward/mean", "accuracy/train", "response_length/mean", "response_length/truncated_share")
-TOKEN_MEANS = ("entropy", "kl/base", "kl/precedent")
+TOKEN_MEANS = ("entropy", "kl/base", "kl/precedent", "logprob_mismatch/mean", "logprob_mismatch/outside_clip_share")
 
 
 def reduce_over_ranks(record: dict[str, Any], dist, rollouts: int, tokens: float) -> dict[str, Any]:

@@ -14,14 +14,10 @@ rollouts (the paper's 79,360 counts the fractional 0.6 * 256 = 153.6). See `ReMi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from remix_rft.algos.core import kl_convex_weight
-
-if TYPE_CHECKING:
-    from remix_rft.config import Config
+from remix_rft.config import Config, replayed_prompts
 
 PHASE_MIX = "mix"
 PHASE_ON_POLICY = "on-policy"
@@ -88,8 +84,7 @@ class ReMixSchedule:
         self.kl_convex_interval = kl_convex_interval
         self.kl_convex_decrement = kl_convex_decrement
         self.kl_convex_floor = kl_convex_floor
-        # Half-up rounding (Python's round() is banker's); the epsilon absorbs float noise such as 0.1 * 25.
-        self.mix_replay_prompts = math.floor(self.offpolicy_fraction * prompts_per_step + 0.5 + 1e-9)
+        self.mix_replay_prompts = replayed_prompts(prompts_per_step, self.offpolicy_fraction)  # half-up rounding
         if self.mix_replay_prompts >= prompts_per_step:
             raise ValueError(
                 f"offpolicy_fraction={offpolicy_fraction} with prompts_per_step={prompts_per_step} replays "

@@ -36,15 +36,18 @@ from remix_rft.config import Config
 from remix_rft.critic import Critic
 from remix_rft.data.sampler import TrainingPrompts
 from remix_rft.data.types import Example
-from remix_rft.distributed import Distributed
+from remix_rft.distributed import Distributed, launched_by_torchrun
 from remix_rft.errors import ConfigError
 from remix_rft.evaluation import pass_at_1_by_benchmark, report_before_after
 from remix_rft.experience import FreshRollouts
-from remix_rft.memory import active_allocator
+from remix_rft.interrupt import Interrupted, StopRequest
+from remix_rft.logprobs import run_head_in_float32
+from remix_rft.memory import active_allocator, bound_kernel_caches
 from remix_rft.metrics import MetricsLogger
 from remix_rft.models import enable_activation_checkpointing, load_model, load_tokenizer
+from remix_rft.preflight import check_writable
 from remix_rft.references import FrozenReferences
-from remix_rft.rewards import reward_from_config
+from remix_rft.rewards import check_scores, reward_from_config
 from remix_rft.rewards.hacking import build_hacking_monitor
 from remix_rft.rollout import SamplingParams, build_engine, engine_options
 from remix_rft.schedule import StepPlan, build_schedule
@@ -61,12 +64,16 @@ class Trainer:
                  on_step_end: Callable[[Trainer, dict[str, Any]], None] | None = None):
         cfg = self.config = config
         self.on_step_end = on_step_end
+        bound_kernel_caches()  # before the first bf16 matmul: oneDNN's per-shape caches grow with every batch shape
         self.dist = Distributed.from_environment(cfg.model.device)
         self.device = self.dist.device
         if resume_from is not None:
             checkpoint.check_world_size(resume_from, self.dist.world_size)
         checkpoint.seed_everything(cfg.train.seed)
-        # input first: a wrong model name, data file or benchmark fails in seconds, before a run dir is written
+        # input first (preflight.py): a custom reward that does not import, an output folder that cannot be written, a
+        # wrong model name, data file or benchmark fails in seconds, before a run dir is written or weights load
+        self.reward = reward_from_config(cfg.reward)  # imports a custom reward; the math grader starts workers lazily
+        check_writable(run_dir or Path(cfg.logging.output_dir), "--resume" if run_dir else "logging.output_dir")
         self.tokenizer = load_tokenizer(cfg.model.name)
         self.prompts = TrainingPrompts(cfg, self.tokenizer)
         evaluates = cfg.eval.benchmarks and (cfg.eval.before_training or cfg.eval.after_training or cfg.eval.every)
@@ -80,15 +87,21 @@ class Trainer:
         policy.train()
         if cfg.model.gradient_checkpointing:
             enable_activation_checkpointing(policy)
+        if cfg.model.bf16 and cfg.model.lm_head_compute_dtype == "float32":
+            run_head_in_float32(policy)  # before any copy: the frozen references and the engine share the choice
         shard = lambda model: self.dist.shard(model, bf16=cfg.model.bf16)  # noqa: E731
         self.references = FrozenReferences(policy, cfg, self.dist)
         self.critic = Critic(policy, cfg, self.device, self.dist) if cfg.algorithm.name == "ppo" else None
         self.actor = Actor(shard(policy), cfg, self.dist)
         self.engine = build_engine(cfg.rollout.engine, policy, self.tokenizer, **engine_options(cfg))
         self._engine_weights_step: int | None = 0  # the step whose weights the engine holds (built from step 0's)
-        self.reward = reward_from_config(cfg.reward)
         self.hacking = build_hacking_monitor(cfg.reward, self.reward, seed=cfg.train.seed)
         self.stop_reason: str | None = None  # set when the reward-hacking alarm ends the run
+        # Ctrl-C (interrupt.py): stop at the next step boundary; under torchrun the launcher relays the terminal's signal
+        self._stop = StopRequest(ignore_duplicates=launched_by_torchrun(), announce=self.dist.is_main)
+        self._stop_agreed = False
+        self.interrupted = False  # the run ended early on a stop request, with a checkpoint of its last step
+        self._saved_step: int | None = None  # the step of this process's last checkpoint
         self.schedule = build_schedule(cfg)
         self.buffer = ReplayBuffer(cfg.remix.history_window, seed=cfg.train.seed + self.dist.rank)
         self.state = TrainState()
@@ -144,7 +157,7 @@ class Trainer:
                                             self.config.train.samples_per_prompt, self._sampling(step))
         t1 = time.perf_counter()
         examples = [self.prompts.examples[indices[r.prompt_index]] for r in rollouts]
-        scores = self.reward.score([r.text for r in rollouts], examples)
+        scores = check_scores(self.reward, self.reward.score([r.text for r in rollouts], examples), examples)
         times = {"weight_sync": t_sync - t0, "generation": t1 - t_sync, "scoring": time.perf_counter() - t1}
         return FreshRollouts(indices, rollouts, examples, scores, times)
 
@@ -169,7 +182,7 @@ class Trainer:
         experience.keep_logprobs(cfg, fresh_groups, batch)  # what these groups carry when replayed
 
         # 5. advantages
-        experience.compute_advantages(cfg, batch, plan)
+        experience.compute_advantages(cfg, batch, plan, reduce_sum=self.dist.sum_over_ranks)  # global whitening
 
         # pi_{k-1} served this step's precedent log-probs (above); the lagged copy now takes pi_k for the next step
         self.references.advance_precedent(self.policy)
@@ -230,11 +243,30 @@ class Trainer:
     def save(self) -> Path:
         phase = self.schedule.plan(max(self.state.step, 1)).phase
         training = self._training_state()
-        return checkpoint.save_checkpoint(self.run_dir, self.state.step,
+        path = checkpoint.save_checkpoint(self.run_dir, self.state.step,
                                           lambda directory: checkpoint.write_training_state(directory, training, phase),
                                           keep=self.config.checkpoint.keep, dist=self.dist)
+        self._saved_step = self.state.step
+        return path
+
+    def request_stop(self) -> None:
+        """Stop at the next step boundary with a checkpoint, as the first Ctrl-C does (e.g. from `on_step_end`)."""
+        self._stop.request()
+
+    def stop_requested(self) -> bool:
+        """Whether any rank was asked to stop (a collective: every rank calls it at the same points); once true it
+        stays true without further collectives."""
+        if not self._stop_agreed:
+            self._stop_agreed = self.dist.all_reduce([float(self._stop.requested)], op="max")[0] > 0
+        return self._stop_agreed
 
     def train(self) -> dict[str, Any]:
+        """Run the remaining steps; the first Ctrl-C ends the run after the current step with a checkpoint
+        (`interrupted`), a second raises KeyboardInterrupt at once (interrupt.py)."""
+        with self._stop:
+            return self._train()
+
+    def _train(self) -> dict[str, Any]:
         cfg = self.config
         start_step = self.state.step + 1
         if start_step == 1 and cfg.eval.before_training and cfg.eval.benchmarks:
@@ -243,6 +275,8 @@ class Trainer:
                         desc="train", disable=not (cfg.logging.progress and self.dist.is_main), dynamic_ncols=True)
         record: dict[str, Any] = {}
         for step in progress:
+            if self.stop_requested():
+                break
             record = self.train_step(step)
             self._log(record)
             alarm = self.dist.broadcast_object(self.hacking.alarm)  # rank 0's monitor decides for every rank
@@ -250,7 +284,7 @@ class Trainer:
                 if alarm is not None:
                     self._log(alarm.event())
                 metrics.report_step(record, cfg.train.steps, progress if cfg.logging.progress else None, alarm)
-            if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
+            if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps and not self.stop_requested():
                 self.evaluate(step)
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
                 self.save()
@@ -262,6 +296,11 @@ class Trainer:
                 break
         progress.close()
         if self.stop_reason is not None:
+            return record
+        if self.stop_requested():  # Ctrl-C: keep the finished steps, skip the final evaluation
+            self.interrupted = True
+            if self.state.step > 0 and self._saved_step != self.state.step:
+                self.save()
             return record
         if cfg.checkpoint.save_final:
             self.save()
@@ -284,13 +323,22 @@ class Trainer:
 
 def run_training(config: Config, resume: Path | None = None,
                  on_step_end: Callable[[Trainer, dict[str, Any]], None] | None = None) -> Trainer:
-    """Train from a config (or resume a run dir) and print the before/after evaluation table."""
+    """Train from a config (or resume a run dir) and print the before/after evaluation table. After a stop request
+    (the first Ctrl-C, `request_stop`) it returns early with `trainer.interrupted` set and prints the resume command;
+    a second Ctrl-C raises `interrupt.Interrupted` (a KeyboardInterrupt) carrying that line."""
     resume_from = checkpoint.checkpoint_to_resume(Path(resume)) if resume is not None else None
     trainer = Trainer(config, run_dir=resume, resume_from=resume_from, on_step_end=on_step_end)
     try:
         trainer.train()
+    except KeyboardInterrupt:  # a second Ctrl-C: nothing more is saved, the last complete checkpoint stays usable
+        raise Interrupted(resume_hint(trainer, "interrupted") if trainer.dist.is_main else "") from None
     finally:
         trainer.close()
+    if trainer.interrupted:
+        if trainer.dist.is_main:
+            print(f"\n{resume_hint(trainer, f'stopped after step {trainer.state.step} of {config.train.steps}')}",
+                  file=sys.stderr)
+        return trainer
     if trainer.dist.is_main:
         report_before_after(trainer.eval_history, trainer.run_dir, trainer.state.rollouts_total)
         if trainer.stop_reason is not None:
@@ -298,3 +346,11 @@ def run_training(config: Config, resume: Path | None = None,
         print(f"run directory: {trainer.run_dir}")
     return trainer
 
+
+def resume_hint(trainer: Trainer, what: str) -> str:
+    """One line: what happened, the checkpoint a resume continues from, and the command that does it."""
+    latest = checkpoint.latest_checkpoint(trainer.run_dir)
+    if latest is None:
+        return f"{what}: no checkpoint was saved, so there is nothing to resume; start again with `remix-rft train`"
+    launcher = "torchrun <same options> -m remix_rft.cli train" if trainer.dist.active else "remix-rft train"
+    return f"{what}: checkpoint {latest}; resume with: {launcher} --resume {trainer.run_dir}"

@@ -12,6 +12,7 @@ which only happens for tokens whose ratio is already astronomically far outside 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -46,19 +47,28 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
 
 
 def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(x - mean) / std over masked positions (unbiased variance); masked-out positions come back as 0.
 
     shift_mean=False only rescales (adds the mean back), as in verl/TRL. A single masked element or a fully
     masked tensor has variance 0 and whitens to 0 (or to the mean when shift_mean is False), not NaN.
+    `reduce_sum` sums a small tensor of statistics over data-parallel ranks, so that every rank whitens with the
+    global batch's mean and variance (as one process holding the whole batch would); None: this tensor alone.
     """
+    reduce_sum = reduce_sum or (lambda t: t)
     mask = mask.to(x.dtype)
-    mean = masked_mean(x, mask)
-    count = mask.sum()
+    # two passes (mean, then squared deviations from it): as exact as the one-process formula, unlike E[x^2]-E[x]^2
+    total, count = reduce_sum(torch.stack([masked_sum(x, mask), mask.sum()]).double()).unbind()
+    mean = (total / count.clamp(min=1.0)).to(x.dtype)
     centred = _masked_values(x - mean, mask)
     # Bessel's correction like torch.var; with one element the sum of squares is 0 anyway.
-    var = (centred**2).sum() / (count - 1).clamp(min=1.0)
+    squares = reduce_sum((centred.double() ** 2).sum()[None])[0]
+    var = (squares / (count - 1).clamp(min=1.0)).to(x.dtype)
     whitened = centred * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -10,7 +10,7 @@ from remix_rft.rewards.answer_policy import (
     judge,
     parse_literal,
 )
-from remix_rft.rewards.base import RewardFunction, Score
+from remix_rft.rewards.base import RewardFunction, Score, check_scores
 from remix_rft.rewards.combined import CombinedReward
 from remix_rft.rewards.custom import CustomReward, load_callable
 from remix_rft.rewards.factory import (
@@ -58,6 +58,7 @@ __all__ = [
     "VerifierPool",
     "answer_region",
     "build_reward",
+    "check_scores",
     "reward_from_config",
     "gold_answers",
     "load_callable",

@@ -19,6 +19,7 @@ def _vllm_engine(*args: Any, **options: Any) -> RolloutEngine:
     return VLLMRolloutEngine(*args, **options)
 
 
+# one entry per name of config.ROLLOUT_ENGINES (the light table config validation reads; tests check they agree)
 ENGINES: dict[str, Any] = {"hf": HFRolloutEngine, "vllm": _vllm_engine}
 
 
@@ -39,7 +40,8 @@ def engine_options(config: Config) -> dict[str, Any]:
         options.update(
             gpu_memory_utilization=ro.gpu_memory_utilization, tensor_parallel_size=ro.tensor_parallel_size,
             max_model_len=ro.max_model_len, seed=config.train.seed, enable_sleep_mode=ro.enable_sleep_mode,
-            dtype=ro.dtype or ("bfloat16" if config.model.bf16 else None),  # the compute dtype, not fp32 masters kv_cache_memory_bytes=int(ro.kv_cache_gb * 2**30) if ro.kv_cache_gb else None,
+            dtype=ro.dtype or ("bfloat16" if config.model.bf16 else None),  # the compute dtype, not fp32 masters
+            kv_cache_memory_bytes=int(ro.kv_cache_gb * 2**30) if ro.kv_cache_gb else None,
         )
     return options
 
