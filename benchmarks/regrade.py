@@ -1,5 +1,8 @@
 """Audit held-out answers: regrade evaluation samples (`eval/step_*/samples.jsonl`) with the strict and the paper
-grader and print, per file, the accuracy under each, the status counts, and the answers whose verdict differs.
+grader and print, per file, the accuracy as the run logged it (its commit's grader), under today's default
+(`reward.grader=auto`: paper for the five paper benchmarks, strict otherwise), how many verdicts moved between the two
+(gained / lost, each listed), the accuracy under each protocol, the strict status counts, and the answers whose
+verdict differs between the protocols.
 
     python benchmarks/regrade.py runs/efficiency/remix-grpo/eval/step_*/samples.jsonl
     python benchmarks/regrade.py --show 20 runs/my-run/eval/step_000012/samples.jsonl
@@ -39,15 +42,24 @@ def regrade(records: list[dict], graders: dict[str, MathReward]) -> dict[str, li
     return {name: grader.score(responses, examples) for name, grader in graders.items()}
 
 
+def moved(records: list[dict], scores: list) -> tuple[list[int], list[int]]:
+    """Indices whose verdict moved from the one logged by the run (the grader of its commit) to the current default
+    (`reward.grader=auto`): (gained, lost)."""
+    gained = [i for i, (r, s) in enumerate(zip(records, scores)) if s.correct and not r.get("correct")]
+    lost = [i for i, (r, s) in enumerate(zip(records, scores)) if r.get("correct") and not s.correct]
+    return gained, lost
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path, help="samples.jsonl files written by an evaluation")
-    parser.add_argument("--show", type=int, default=10, help="differing answers to print per file (default 10)")
+    parser.add_argument("--show", type=int, default=10, help="answers to print per file and kind (default 10)")
     parser.add_argument("--timeout", type=float, default=5.0)
     args = parser.parse_args(argv)
     rows = []
     with MathReward(grader="strict", timeout=args.timeout) as strict:
-        graders = {"strict": strict, "paper": MathReward(grader="paper", pool=strict.pool)}
+        graders = {"strict": strict, "paper": MathReward(grader="paper", pool=strict.pool),
+                   "auto": MathReward(grader="auto", pool=strict.pool)}
         for path in args.files:
             records = load_samples(path)
             scores = regrade(records, graders)
@@ -55,15 +67,23 @@ def main(argv: list[str] | None = None) -> int:
             logged = sum(bool(r.get("correct")) for r in records)
             accuracy = {name: sum(s.correct for s in found) for name, found in scores.items()}
             statuses = Counter(s.status for s in scores["strict"] if s.status != "ok")
-            rows.append([str(path), str(count), f"{100 * logged / count:.1f}", f"{100 * accuracy['paper'] / count:.1f}",
+            gained, lost = moved(records, scores["auto"])
+            rows.append([str(path), str(count), f"{100 * logged / count:.1f}", f"{100 * accuracy['auto'] / count:.1f}",
+                         f"+{len(gained)} / -{len(lost)}", f"{100 * accuracy['paper'] / count:.1f}",
                          f"{100 * accuracy['strict'] / count:.1f}",
                          ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) or "-"])
+            for kind, indices in (("gained", gained), ("lost", lost)):
+                for index in indices[: args.show]:
+                    record, now = records[index], scores["auto"][index]
+                    print(f"{path}: {kind}: truth {record['ground_truth']!r} answer {record['response'][-80:]!r}: "
+                          f"now {now.correct} ({now.status}, {now.extracted!r})")
             differing = [(r, p, s) for r, p, s in zip(records, scores["paper"], scores["strict"])
                          if p.correct != s.correct]
             for record, paper, strict_score in differing[: args.show]:
                 print(f"{path}: truth {record['ground_truth']!r} answer {record['response'][-80:]!r}: "
                       f"paper {paper.correct} ({paper.status}), strict {strict_score.correct} ({strict_score.status})")
-    print(markdown_table(["file", "answers", "as logged %", "paper %", "strict %", "strict statuses"], rows))
+    print(markdown_table(["file", "answers", "as logged %", "now %", "moved", "paper %", "strict %",
+                          "strict statuses"], rows))
     return 0
 
 

@@ -161,5 +161,7 @@ def test_regrade_script_audits_eval_samples(tmp_path, capsys):
                                            "response": r, "correct": c}) + "\n" for p, g, r, c in rows))
     assert module.main([str(samples), "--timeout", "3"]) == 0
     out = capsys.readouterr().out
-    assert "| 3 | 66.7 | 66.7 | 33.3 | restated_problem 1 |" in out
+    # logged by an older grader: 2 of 3; today's default (strict on arithmetic) takes one back, and says which
+    assert "| 3 | 66.7 | 33.3 | +0 / -1 | 66.7 | 33.3 | restated_problem 1 |" in out
+    assert "lost: truth '67' answer '73 - 6 = \\\\boxed{-6 + 73}': now False (restated_problem" in out
     assert "paper True (ok), strict False (restated_problem)" in out

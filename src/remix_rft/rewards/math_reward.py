@@ -2,7 +2,8 @@
 
 "strict" (the default for training): the answer policy of `answer_policy.py` (docs/METHOD.md, Grading): the
 final answer is extracted by rule, must be a literal when the truth is one, and may not restate the question;
-only non-literal truths go to math-verify for equivalence. "paper": the paper's protocol, math-verify on the
+only non-literal truths go to math-verify for equivalence (an interval may equal the inequality that describes it).
+"paper": the paper's protocol, math-verify on the
 last box (or its own extraction), which evaluates expressions, with the `restated_problem` guard against a
 verbatim copy of the question. "auto": "paper" for the paper's five benchmarks (so their numbers compare with
 the paper's), "strict" for everything else.
@@ -137,7 +138,8 @@ class MathReward:
         if len(responses) != len(examples):
             raise ValueError(f"{len(responses)} responses but {len(examples)} examples")
         scores: list[Score | None] = [None] * len(responses)
-        jobs, job_positions, job_golds = [], [], []
+        jobs: list[tuple[list[str], str, bool]] = []
+        job_positions, job_golds = [], []
         strict_extracted: dict[int, str | None] = {}
         for position, (response, example) in enumerate(zip(responses, examples)):
             golds = gold_answers(example.answer, example.id)
@@ -149,12 +151,14 @@ class MathReward:
                     continue
                 prediction: str | None = verdict.prediction
                 strict_extracted[position] = verdict.extracted
+                golds = list(verdict.golds) if verdict.golds is not None else golds
             else:
                 prediction = self.prediction_text(response)
             if prediction is None:
                 scores[position] = Score(self.incorrect_reward, False, None, STATUS_NO_ANSWER)
                 continue
-            jobs.append((golds, prediction))
+            # strict: `x \in [a, b]` equals `a \le x \le b`; the paper protocol keeps math-verify's default
+            jobs.append((golds, prediction, position in strict_extracted))
             job_positions.append(position)
             job_golds.append(golds)
         for position, golds, result in zip(job_positions, job_golds, self.pool.grade_batch(jobs)):

@@ -9,6 +9,9 @@ Workers are plain subprocesses of `python -m remix_rft.rewards.verify_worker` sp
 pipes: no fork of the (torch-loaded, multi-threaded) trainer and, unlike multiprocessing's spawn, no re-import
 of the user's `__main__`. They start lazily on the first batch, once; `close()`, the context manager and a
 finalizer at interpreter exit stop them, and every stopped process is waited for (no zombies).
+Verdicts are deterministic: workers run with PYTHONHASHSEED=0 whatever the trainer's hash seed, and each job starts
+from the same sympy state (verify_worker.py), so a verdict depends neither on the seed nor on which worker, fresh or
+long-running, graded the answer.
 Needs a POSIX system (select on pipes).
 """
 
@@ -42,6 +45,10 @@ START_TIMEOUT = 120.0  # seconds for a worker to import math-verify (slow on a l
 MAX_ATTEMPTS = 2  # a job whose worker died unexpectedly (not on a timeout) is retried once on a fresh worker
 MAX_START_FAILURES = 3
 STATUSES = (STATUS_OK, STATUS_NO_ANSWER, STATUS_TIMEOUT, STATUS_ERROR)
+WORKER_HASH_SEED = "0"  # set iteration inside sympy follows str hashes: one fixed seed for every worker
+# A job: (acceptable gold answers, prediction) or (golds, prediction, relations), where `relations` lets an interval
+# equal the inequality describing it (the strict grader's choice; the paper protocol's math-verify call has it off).
+Job = tuple[Sequence[str], str] | tuple[Sequence[str], str, bool]
 
 
 @dataclass
@@ -80,9 +87,11 @@ class _Worker:
     def pid(self) -> int:
         return self.process.pid
 
-    def send(self, index: int, attempt: int, golds: Sequence[str], prediction: str, deadline: float) -> bool:
+    def send(self, index: int, attempt: int, job: Job, deadline: float) -> bool:
         """Hand a job to this (idle, ready) worker; False if its pipe is broken (it died)."""
-        line = json.dumps({"id": index, "gold": list(golds), "pred": prediction}) + "\n"
+        golds, prediction = job[0], job[1]
+        relations = bool(job[2]) if len(job) > 2 else False
+        line = json.dumps({"id": index, "gold": list(golds), "pred": prediction, "relations": relations}) + "\n"
         try:
             self.process.stdin.write(line.encode())
             self.process.stdin.flush()
@@ -209,6 +218,7 @@ class VerifierPool:
         # The worker must import this very package, installed or not (e.g. run from a source tree).
         package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
+        env["PYTHONHASHSEED"] = WORKER_HASH_SEED
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         return env
 
@@ -229,8 +239,8 @@ class VerifierPool:
     def grade(self, golds: Sequence[str], prediction: str) -> GradeResult:
         return self.grade_batch([(golds, prediction)])[0]
 
-    def grade_batch(self, jobs: Sequence[tuple[Sequence[str], str]]) -> list[GradeResult]:
-        """Grade (acceptable gold answers, prediction text) pairs; one result each, in order.
+    def grade_batch(self, jobs: Sequence[Job]) -> list[GradeResult]:
+        """Grade (acceptable gold answers, prediction text[, relations]) jobs; one result each, in order.
 
         Never raises for a bad answer: timeouts, crashes and parse failures come back as statuses.
         Raises `VerifierError` only if workers repeatedly fail to start.
@@ -254,16 +264,13 @@ class VerifierPool:
                 raise
         return [result for result in results if result is not None]
 
-    def _dispatch(self, pending: deque[tuple[int, int]], jobs: Sequence[tuple[Sequence[str], str]]) -> None:
+    def _dispatch(self, pending: deque[tuple[int, int]], jobs: Sequence[Job]) -> None:
         for worker in list(self._workers):
             if not pending:
                 return
             if worker.ready and worker.job is None:
                 index, attempt = pending.popleft()
-                golds, prediction = jobs[index]
-                if not worker.send(
-                    index, attempt, golds, prediction, time.monotonic() + self.timeout + self.kill_grace
-                ):
+                if not worker.send(index, attempt, jobs[index], time.monotonic() + self.timeout + self.kill_grace):
                     pending.appendleft((index, attempt))  # not sent: the worker is dead, the job is intact
                     logger.warning(
                         "grading worker %d died while idle (exit code %s); restarting it",
