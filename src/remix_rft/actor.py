@@ -79,7 +79,9 @@ class Actor:
     def __init__(self, model: torch.nn.Module, config: Config, dist: Distributed = SINGLE_PROCESS):
         self.model, self.config, self.dist = model, config, dist
         train = config.train
-        self.optimizer = build_adamw(model.parameters(), train.lr, train.weight_decay)
+        # the trainable parameters only: under LoRA the frozen base has no AdamW state (config.policy_lr: LoRA's rate)
+        self.optimizer = build_adamw([p for p in model.parameters() if p.requires_grad], config.policy_lr,
+                                     train.weight_decay)
         warmup = max(train.warmup_steps, 0)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)

@@ -7,6 +7,11 @@ only `step_` dirs, which exist only complete, and the next save removes the dead
 tokenizer), the reference (after reincarnation), the lagged precedent, the critic, the optimizers, the replay
 buffer, the prompt sampler's position, the counters and every RNG.
 
+With LoRA (`model.lora.r > 0`) the checkpoint holds the adapter instead of the model: `adapter/` (a PEFT adapter
+folder, which resume reads), `policy/` (the merged model, a plain Hugging Face export that `transformers` loads),
+`references.pt` (the reference and precedent adapter snapshots), and for PPO `critic.pt` (the critic's adapter and
+value head); the frozen base is the model the config names, loaded again on resume.
+
 Under torchrun (N ranks) the models and optimizers are written sharded with torch.distributed.checkpoint into
 `sharded/` (all ranks write into the same directory: a file system shared by the nodes), each rank's own state
 (replay buffer, RNG, lr schedule) into `rank_<r>.pt`, and rank 0 exports the full policy as a Hugging Face
@@ -28,9 +33,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from remix_rft import lora
 from remix_rft.distributed import Distributed
 from remix_rft.errors import PathNotFoundError, UsageError
 from remix_rft.models import ValueModel, load_model
+from remix_rft.references import AdapterReferences
 
 if TYPE_CHECKING:
     from remix_rft.actor import Actor
@@ -181,12 +188,13 @@ class TrainingState:
     state: TrainState
     actor: Actor
     critic: Critic | None
-    references: FrozenReferences
+    references: FrozenReferences | AdapterReferences
     buffer: ReplayBuffer
     prompts: TrainingPrompts
     tokenizer: Any
     dist: Distributed = field(default_factory=Distributed)
     hacking: Any = None  # the reward-hacking monitor (rewards/hacking.py): its history and streaks
+    base_model: str = ""  # model.name: what a LoRA adapter's config names as its base
 
 
 def checkpoint_to_resume(run_dir: Path) -> Path:
@@ -221,15 +229,18 @@ def write_training_state(directory: Path, training: TrainingState, phase: str) -
     """Fill a (temp) checkpoint directory with the whole training state."""
     if training.dist.active:
         return _write_sharded(directory, training, phase)
-    state, references = training.state, training.references
-    training.actor.model.save_pretrained(directory / "policy", safe_serialization=True)
+    state, references, policy = training.state, training.references, training.actor.model
+    if isinstance(references, AdapterReferences):
+        _write_adapters(directory, training)
+    else:
+        policy.save_pretrained(directory / "policy", safe_serialization=True)
+        if references.reference is not None and state.reincarnated:
+            references.reference.save_pretrained(directory / "reference", safe_serialization=True)
+        if references.lagged is not None:
+            references.lagged.save_pretrained(directory / "precedent", safe_serialization=True)
+        if training.critic is not None:
+            training.critic.model.save_pretrained(directory / "critic")
     training.tokenizer.save_pretrained(directory / "policy")
-    if references.reference is not None and state.reincarnated:
-        references.reference.save_pretrained(directory / "reference", safe_serialization=True)
-    if references.lagged is not None:
-        references.lagged.save_pretrained(directory / "precedent", safe_serialization=True)
-    if training.critic is not None:
-        training.critic.model.save_pretrained(directory / "critic")
     torch.save({**training.actor.state_dict(),
                 "critic_optimizer": training.critic.state_dict()["optimizer"] if training.critic else None},
                directory / "optimizer.pt")
@@ -240,6 +251,32 @@ def write_training_state(directory: Path, training: TrainingState, phase: str) -
     torch.save({**counters, "sampler": training.prompts.state_dict(), "rng": rng_state(), "hacking": hacking},
                directory / "trainer_state.pt")
     (directory / "trainer_state.json").write_text(json.dumps({**counters, "phase": phase, "world_size": 1}, indent=2))
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _write_adapters(directory: Path, training: TrainingState) -> None:
+    """A LoRA run's models: the adapter (PEFT folder), the merged export, the adapter snapshots, the critic's
+    trainable part."""
+    policy = training.actor.model
+    lora.save_adapter(policy, directory / "adapter", base_model=training.base_model)
+    policy.save_pretrained(directory / "policy", state_dict=lora.merged_state_dict(policy), safe_serialization=True)
+    torch.save(training.references.state_dict(), directory / "references.pt")
+    if training.critic is not None:
+        torch.save(_trainable_state(training.critic.model), directory / "critic.pt")
+
+
+def _read_adapters(directory: Path, training: TrainingState) -> None:
+    lora.load_adapter(training.actor.model, directory / "adapter")
+    training.references.load_state_dict(torch.load(directory / "references.pt", weights_only=True))
+    if training.critic is not None:
+        trainable = torch.load(directory / "critic.pt", weights_only=True)
+        missing, unexpected = training.critic.model.load_state_dict(trainable, strict=False)
+        lost = set(trainable) - {name for name, _ in training.critic.model.named_parameters()}
+        if unexpected or lost:
+            raise UsageError(f"{directory / 'critic.pt'} does not fit this run's critic: {sorted(unexpected or lost)[:3]}")
 
 
 def check_world_size(directory: Path, world_size: int) -> None:
@@ -261,15 +298,20 @@ def read_training_state(directory: Path, training: TrainingState, dtype: str) ->
     if training.dist.active:
         return _read_sharded(directory, training)
     references = training.references
-    # the policy's float32 master weights; the frozen copies in their storage dtype `dtype` (model.frozen_dtype)
-    training.actor.model.load_state_dict(load_model(str(directory / "policy"), dtype="float32").state_dict())
     trainer_state = torch.load(directory / "trainer_state.pt", weights_only=False)
-    if trainer_state["reincarnated"] and references.reference is not None:
-        references.reference.load_state_dict(load_model(str(directory / "reference"), dtype=dtype).state_dict())
-    if references.lagged is not None:
-        references.lagged.load_state_dict(load_model(str(directory / "precedent"), dtype=dtype).state_dict())
-    if training.critic is not None:
-        training.critic.model.load_state_dict(ValueModel.load(directory / "critic").state_dict())
+    if isinstance(references, AdapterReferences):
+        _check_lora_checkpoint(directory, True)
+        _read_adapters(directory, training)
+    else:
+        _check_lora_checkpoint(directory, False)
+        # the policy's float32 master weights; the frozen copies in their storage dtype `dtype` (model.frozen_dtype)
+        training.actor.model.load_state_dict(load_model(str(directory / "policy"), dtype="float32").state_dict())
+        if trainer_state["reincarnated"] and references.reference is not None:
+            references.reference.load_state_dict(load_model(str(directory / "reference"), dtype=dtype).state_dict())
+        if references.lagged is not None:
+            references.lagged.load_state_dict(load_model(str(directory / "precedent"), dtype=dtype).state_dict())
+        if training.critic is not None:
+            training.critic.model.load_state_dict(ValueModel.load(directory / "critic").state_dict())
     optim = torch.load(directory / "optimizer.pt", weights_only=False)
     training.actor.load_state_dict(optim)
     if training.critic is not None and optim["critic_optimizer"] is not None:
@@ -283,9 +325,22 @@ def read_training_state(directory: Path, training: TrainingState, dtype: str) ->
                       tokens_total=trainer_state["tokens_total"], reincarnated=trainer_state["reincarnated"])
 
 
+def _check_lora_checkpoint(directory: Path, lora_run: bool) -> None:
+    """A LoRA checkpoint resumes a LoRA run and a full one a full run (model.lora.r must be as it was)."""
+    written_with_lora = (directory / "adapter").is_dir() or (directory / "lora_references.json").is_file()
+    if written_with_lora != lora_run:
+        raise UsageError(f"{directory} was written by a run {'with' if written_with_lora else 'without'} LoRA adapters "
+                         f"and this run has model.lora.r {'> 0' if lora_run else '= 0'}: resume with the run's "
+                         "own config.yaml (model.lora as it was)")
+
+
 def _sharded_models(training: TrainingState) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]]:
     models = {"policy": (training.actor.model, training.actor.optimizer)}
     references = training.references
+    if isinstance(references, AdapterReferences):  # no copies: the snapshots go with `_sharded_state`
+        if training.critic is not None:
+            models["critic"] = (training.critic.model, training.critic.optimizer)
+        return models
     if references.reference is not None and training.state.reincarnated:
         models["reference"] = (references.reference, None)
     if references.lagged is not None:
@@ -303,7 +358,19 @@ def _sharded_state(training: TrainingState) -> dict[str, Any]:
         out[name] = get_model_state_dict(model)
         if optimizer is not None:
             out[f"{name}_optimizer"] = get_optimizer_state_dict(model, optimizer)
+    references = training.references
+    if isinstance(references, AdapterReferences):  # adapter snapshots: DTensor shards, saved and loaded in place
+        for key, snapshot in references.state_dict().items():
+            if snapshot is not None:
+                out[key] = snapshot
     return out
+
+
+def _adapter_snapshot_names(training: TrainingState) -> list[str]:
+    references = training.references
+    if not isinstance(references, AdapterReferences):
+        return []
+    return [key for key, snapshot in references.state_dict().items() if snapshot is not None]
 
 
 def _rank_state(training: TrainingState) -> dict[str, Any]:
@@ -319,7 +386,13 @@ def _write_sharded(directory: Path, training: TrainingState, phase: str) -> None
     dist, policy = training.dist, training.actor.model
     dcp.save(_sharded_state(training), checkpoint_id=directory / "sharded")
     full = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    adapters = isinstance(training.references, AdapterReferences)
+    if adapters:
+        full = lora.merge_state_dict(full, lora.lora_scaling(policy))
+        lora.save_adapter(policy, directory / "adapter", base_model=training.base_model, write=dist.is_main)
     if dist.is_main:  # a Hugging Face export of the full policy, loadable by any tool
+        if adapters:
+            (directory / "lora_references.json").write_text(json.dumps(_adapter_snapshot_names(training)))
         policy.save_pretrained(directory / "policy", state_dict=full, safe_serialization=True)
         training.tokenizer.save_pretrained(directory / "policy")
         (directory / "trainer_state.json").write_text(json.dumps(
@@ -336,6 +409,11 @@ def _read_sharded(directory: Path, training: TrainingState) -> TrainState:
 
     own = torch.load(directory / f"rank_{training.dist.rank:05d}.pt", weights_only=False)
     training.state.reincarnated = own["reincarnated"]  # decides whether the checkpoint holds a reference
+    references = training.references
+    _check_lora_checkpoint(directory, isinstance(references, AdapterReferences))
+    if isinstance(references, AdapterReferences):  # placeholders of the saved snapshots, filled in place by dcp.load
+        saved = json.loads((directory / "lora_references.json").read_text())
+        references.load_state_dict({key: lora.adapter_snapshot(training.actor.model) for key in saved})
     state = _sharded_state(training)
     dcp.load(state, checkpoint_id=directory / "sharded")
     for name, (model, optimizer) in _sharded_models(training).items():

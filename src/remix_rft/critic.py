@@ -1,4 +1,8 @@
-"""The critic (PPO): a value model initialised from the policy, its optimizer and its clipped value-loss update."""
+"""The critic (PPO): a value model initialised from the policy, its optimizer and its clipped value-loss update.
+
+Under LoRA (`model.lora.r > 0`) the critic has its own adapters on its own copy of the trunk, and a value head
+trained in full (a zero-initialised head has nothing to adapt).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from remix_rft import algos
+from remix_rft import algos, lora
 from remix_rft.batching import TokenBatch, token_values
 from remix_rft.config import Config
 from remix_rft.distributed import Distributed
@@ -26,8 +30,14 @@ class Critic:
     def __init__(self, policy: torch.nn.Module, config: Config, device: torch.device,
                  dist: Distributed = SINGLE_PROCESS):
         self.config, self.dist = config, dist
-        self.model = dist.shard(ValueModel.from_pretrained_lm(policy).to(device), bf16=config.model.bf16)
-        self.optimizer = build_adamw(self.model.parameters(), config.train.critic_lr, config.train.weight_decay)
+        model = ValueModel.from_pretrained_lm(policy).to(device)
+        lora_settings = config.model.lora
+        if lora_settings.enabled:  # its own adapters on its own (frozen) trunk; the value head trains in full
+            lora.inject(model.trunk, lora_settings.r, lora_settings.alpha, lora_settings.dropout,
+                        lora_settings.peft_target_modules)
+        self.model = dist.shard(model, bf16=config.model.bf16)
+        self.optimizer = build_adamw([p for p in self.model.parameters() if p.requires_grad], config.critic_lr,
+                                     config.train.weight_decay)
 
     def update(self, batch: StepBatch, plan: StepPlan, step: int) -> dict[str, float]:
         cfg = self.config

@@ -17,7 +17,7 @@ from remix_rft.buffer import RolloutGroup
 from remix_rft.config import Config
 from remix_rft.data.types import Example
 from remix_rft.models import autocast_context
-from remix_rft.references import FrozenReferences, kl_term
+from remix_rft.references import AdapterReferences, FrozenReferences, kl_term
 from remix_rft.rewards import GRADING_PROBLEMS, summarise_scores
 from remix_rft.schedule import StepPlan
 
@@ -142,7 +142,7 @@ def keep_logprobs(config: Config, groups: list[RolloutGroup], batch: StepBatch) 
 
 @torch.no_grad()
 def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: torch.nn.Module,
-                   references: FrozenReferences, critic: torch.nn.Module | None,
+                   references: FrozenReferences | AdapterReferences, critic: torch.nn.Module | None,
                    gathered: Callable[[torch.nn.Module | None], contextlib.AbstractContextManager] = (
                        lambda model: contextlib.nullcontext())) -> dict[str, float]:
     """Fill the batch's pi_k, reference and precedent log-probs and the critic's values; return diagnostics.
@@ -177,14 +177,12 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
         else:
             metrics.update(mismatch_correction(config, batch))
         if references.reference is not None:
-            with gathered(references.reference):
-                batch.reference_logp = references.reference_logprobs(tokens, temperature, budget)
+            batch.reference_logp = references.reference_logprobs(tokens, temperature, budget, gathered)
             metrics["kl/base"] = float(algos.masked_mean(
                 algos.kl_penalty(batch.proximal_logp, batch.reference_logp, "k3"), mask))
         if references.uses_kl and plan.kl_convex_weight < 1.0:
-            with gathered(references.lagged):
-                batch.precedent_logp = references.precedent_logprobs(tokens, temperature, budget,
-                                                                     batch.proximal_logp)
+            batch.precedent_logp = references.precedent_logprobs(tokens, temperature, budget, batch.proximal_logp,
+                                                                 gathered)
             if references.lagged is not None:  # a proximal precedent is pi_k itself: its KL here is 0 by construction
                 metrics["kl/precedent"] = float(algos.masked_mean(
                     algos.kl_penalty(batch.proximal_logp, batch.precedent_logp, "k3"), mask))

@@ -11,6 +11,10 @@ Memory model (bytes; N policy parameters, c = 2 under bf16 mixed precision else 
   bf16 (model.frozen_dtype), else 4N; a bf16-stored copy under float32 compute is upcast one module at a time
   during its log-prob pass (one module's float32 weights and the output embedding), a transient below the update's.
   Critic (PPO): its trunk + head trained like the policy (16 bytes a parameter, +2 under bf16).
+  LoRA (model.lora.r > 0, L adapter parameters: r x (in + out) of each adapted linear layer): the frozen base keeps
+  its float32 weights (4N), the adapters train (4L weights, 4L gradients, 8L AdamW moments), and the frozen copies
+  are adapter snapshots (4L each) instead of models; the critic keeps a frozen trunk (4N_c) with its own adapters
+  and a full value head.
   Training activations of one micro-batch of T = train.micro_batch_tokens tokens, per token and layer
   (HF Llama/Qwen2 decoder layer, what autograd saves): 28·H + 6·KV + 8·I bytes under bf16 autocast,
   28·H + 12·KV + 16·I under float32 (H hidden, KV = kv heads x head dim, I intermediate). With gradient
@@ -173,6 +177,17 @@ def step_arithmetic(config: Config) -> tuple[list[PhaseArithmetic], int]:
 # ------------------------------------------------------------------------------------------------- memory
 
 
+def lora_parameters(arch: Architecture, r: int, target_modules: list[str] | str, critic: bool = False) -> int:
+    """Adapter parameters of a Llama/Qwen2-style decoder: r x (in + out) of each adapted projection, every layer.
+    "all-linear" adapts all seven (never the LM head, which the critic does not have anyway)."""
+    h, kv, q, i = arch.hidden_size, arch.kv_dim, arch.num_heads * arch.head_dim, arch.intermediate_size
+    shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, i),
+              "up_proj": (h, i), "down_proj": (i, h)}
+    names = set(shapes) if target_modules == "all-linear" else {name.rsplit(".", 1)[-1] for name in target_modules}
+    per_layer = sum(fan_in + fan_out for name, (fan_in, fan_out) in shapes.items() if name in names)
+    return r * per_layer * arch.num_layers
+
+
 def _activation_bytes_per_token_layer(arch: Architecture, bf16: bool) -> float:
     h, kv, i = arch.hidden_size, arch.kv_dim, arch.intermediate_size
     return 28 * h + 6 * kv + 8 * i if bf16 else 28 * h + 12 * kv + 16 * i
@@ -188,12 +203,24 @@ def memory_estimate(config: Config, arch: Architecture, prompt_tokens: int = 256
     uses_kl = config.algorithm.kl_coef > 0
     lagged = uses_kl and config.remix.enabled and config.remix.kl_convex and config.remix.precedent == "lagged"
     critic_n = arch.critic_parameters if config.algorithm.name == "ppo" else 0
-    out: dict[str, float] = {
-        "policy weights (fp32)": 4 * n,
-        "policy AdamW moments": 8 * n,
-        "frozen copies": (int(uses_kl) + int(lagged)) * (2 if m.frozen_storage_dtype == "bfloat16" else 4) * n,
-        "critic weights + AdamW": 12 * critic_n,
-    }
+    if m.lora.enabled:  # the base is frozen: weights only; the adapters train; snapshots instead of copies
+        adapters = lora_parameters(arch, m.lora.r, m.lora.peft_target_modules)
+        critic_adapters = adapters if critic_n else 0
+        trained, critic_trained = adapters, critic_adapters + (arch.hidden_size + 1 if critic_n else 0)
+        out: dict[str, float] = {
+            "policy weights (fp32)": 4 * (n + adapters),
+            "policy AdamW moments": 8 * adapters,
+            "frozen copies": (int(uses_kl) + int(lagged)) * 4 * adapters,
+            "critic weights + AdamW": 4 * critic_n + 12 * critic_trained,
+        }
+    else:
+        trained, critic_trained = n, critic_n
+        out = {
+            "policy weights (fp32)": 4 * n,
+            "policy AdamW moments": 8 * n,
+            "frozen copies": (int(uses_kl) + int(lagged)) * (2 if m.frozen_storage_dtype == "bfloat16" else 4) * n,
+            "critic weights + AdamW": 12 * critic_n,
+        }
     if device_type == "cpu":
         out["runtime (python, torch)"] = RUNTIME_BYTES_CPU
     static = sum(out.values())
@@ -217,7 +244,7 @@ def memory_estimate(config: Config, arch: Architecture, prompt_tokens: int = 256
     activations += tokens * arch.hidden_size * 4 * 3  # embeddings, final norm, gathered response hidden states
     chunk = t.logprob_chunk_tokens
     head_chunk = 3 * (chunk if chunk else tokens) * arch.vocab_size * 4
-    update = {"gradients (fp32)": 4 * (n + critic_n), "autocast weight copies": cast_copies,
+    update = {"gradients (fp32)": 4 * (trained + critic_trained), "autocast weight copies": cast_copies,
               "activations (micro-batch)": activations, "log-prob chunk buffers": head_chunk}
     generation_total, update_total = sum(generation.values()), sum(update.values())
     phase = generation if generation_total >= update_total else update
@@ -246,7 +273,12 @@ def format_plan(config: Config, arch: Architecture, prompt_tokens: int, device_m
     """The printed plan and whether the estimate fits the device."""
     phases, total = step_arithmetic(config)
     t = config.train
-    lines = [f"model: {arch.name} ({arch.parameters / 1e9:.3f}B parameters; architecture from {arch.source})",
+    lora_line = ""
+    if config.model.lora.enabled:
+        lo = config.model.lora
+        lora_line = (f"; LoRA r={lo.r} on {lo.peft_target_modules if isinstance(lo.peft_target_modules, str) else ','.join(lo.peft_target_modules)}: "
+                     f"{lora_parameters(arch, lo.r, lo.peft_target_modules) / 1e6:.2f}M trained parameters")
+    lines = [f"model: {arch.name} ({arch.parameters / 1e9:.3f}B parameters; architecture from {arch.source}{lora_line})",
              f"steps: {t.steps}, {t.prompts_per_step} prompts x {t.samples_per_prompt} samples a step, minibatch "
              f"{t.minibatch_size} responses, micro-batch {t.micro_batch_tokens} tokens", "",
              f"{'phase':<10} {'steps':>6} {'generated/step':>15} {'trained/step':>13} {'optimizer steps/step':>21}"]

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from remix_rft import checkpoint, evaluation, experience, metrics, perf
+from remix_rft import checkpoint, evaluation, experience, lora, metrics, perf
 from remix_rft.actor import Actor
 from remix_rft.buffer import ReplayBuffer
 from remix_rft.checkpoint import TrainingState, TrainState
@@ -46,7 +46,7 @@ from remix_rft.memory import active_allocator, bound_kernel_caches
 from remix_rft.metrics import MetricsLogger
 from remix_rft.models import enable_activation_checkpointing, load_model, load_tokenizer
 from remix_rft.preflight import check_writable
-from remix_rft.references import FrozenReferences
+from remix_rft.references import build_references
 from remix_rft.rewards import check_scores, reward_from_config
 from remix_rft.rewards.hacking import build_hacking_monitor
 from remix_rft.rollout import SamplingParams, build_engine, engine_options
@@ -90,8 +90,14 @@ class Trainer:
         if cfg.model.bf16 and cfg.model.lm_head_compute_dtype == "float32":
             run_head_in_float32(policy)  # before any copy: the frozen references and the engine share the choice
         shard = lambda model: self.dist.shard(model, bf16=cfg.model.bf16)  # noqa: E731
-        self.references = FrozenReferences(policy, cfg, self.dist)
+        # the critic copies the base trunk (and adds its own adapters); then the policy gets its adapters (lora.py)
         self.critic = Critic(policy, cfg, self.device, self.dist) if cfg.algorithm.name == "ppo" else None
+        if cfg.model.lora.enabled:
+            lo = cfg.model.lora
+            lora.inject(policy, lo.r, lo.alpha, lo.dropout, lo.peft_target_modules)
+            if self.dist.is_main:
+                logger.info("LoRA: %s, lr %.3g", lora.adapter_info(policy), cfg.policy_lr)
+        self.references = build_references(policy, cfg, self.dist)
         self.actor = Actor(shard(policy), cfg, self.dist)
         self.engine = build_engine(cfg.rollout.engine, policy, self.tokenizer, **engine_options(cfg))
         self._engine_weights_step: int | None = 0  # the step whose weights the engine holds (built from step 0's)
@@ -129,7 +135,7 @@ class Trainer:
     def _training_state(self) -> TrainingState:
         return TrainingState(state=self.state, actor=self.actor, critic=self.critic, references=self.references,
                              buffer=self.buffer, prompts=self.prompts, tokenizer=self.tokenizer, dist=self.dist,
-                             hacking=self.hacking)
+                             hacking=self.hacking, base_model=self.config.model.name)
 
     def train_step(self, step: int) -> dict[str, Any]:
         plan = self.begin_step(step)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from remix_rft import lora
 from remix_rft.errors import MissingPackageError
 
 from .base import Rollout, SamplingParams
@@ -53,8 +54,12 @@ def iter_full_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tenso
     """(name, full tensor) of every parameter, one at a time, in checkpoint naming.
 
     A sharded tensor (DTensor, as FSDP2 holds them) is gathered alone, so at most one full tensor exists at once.
-    Tied weights appear once, under their first name (as the HF checkpoint stores them).
+    Tied weights appear once, under their first name (as the HF checkpoint stores them). A LoRA policy is sent
+    merged, under the base model's names (the engine holds the plain model; see lora.py).
     """
+    if lora.has_adapters(model):
+        yield from lora.merged_named_tensors(model)
+        return
     for name, parameter in model.named_parameters(remove_duplicate=True):
         tensor = parameter.detach()
         if hasattr(tensor, "full_tensor"):
