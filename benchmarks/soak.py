@@ -44,25 +44,32 @@ def default_warmup(steps: int, reincarnate_at: int | None) -> int:
     return min(warm, steps // 2)
 
 
-def run_job(overrides: list[str]) -> tuple[list[dict], float, str]:
-    """`remix-rft train --config quickstart` with evaluation and checkpoints off, in its own process: its train
-    lines, wall seconds and host allocator."""
+def run_cli(config: str, overrides: list[str]) -> tuple[list[dict], float, str]:
+    """`remix-rft train --config CONFIG OVERRIDES` in its own process, run dir in a temp folder: every metrics
+    line, the wall seconds and the process's stderr (its log)."""
     from remix_rft.metrics import read_metrics
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["--config", "quickstart", "eval.before_training=false", "eval.after_training=false", "eval.every=0",
-                "checkpoint.every=0", "checkpoint.save_final=false", "logging.progress=false",
-                "logging.tensorboard=false", f"logging.output_dir={tmp}", "logging.run_name=job", *overrides]
+        args = ["--config", config, "logging.progress=false", "logging.tensorboard=false",
+                f"logging.output_dir={tmp}", "logging.run_name=job", *overrides]
         env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "remix_rft.cli", "train", *args], env=env,
                               capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if done.returncode != 0:
-            sys.exit(f"remix-rft train {' '.join(overrides)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-        allocator = re.search(r"host memory allocator: (\w+)", done.stderr)
-        train = [line for line in read_metrics(Path(tmp) / "job" / "metrics.jsonl") if line["type"] == "train"]
-    return train, seconds, allocator.group(1) if allocator else "?"
+            sys.exit(f"remix-rft train --config {config} {' '.join(overrides)} failed (exit {done.returncode}):\n"
+                     f"{done.stderr[-3000:]}")
+        return read_metrics(Path(tmp) / "job" / "metrics.jsonl"), seconds, done.stderr
+
+
+def run_job(overrides: list[str]) -> tuple[list[dict], float, str]:
+    """The quickstart job with evaluation and checkpoints off: its train lines, wall seconds and host allocator."""
+    lines, seconds, log = run_cli("quickstart", ["eval.before_training=false", "eval.after_training=false",
+                                                 "eval.every=0", "checkpoint.every=0", "checkpoint.save_final=false",
+                                                 *overrides])
+    allocator = re.search(r"host memory allocator: (\w+)", log)
+    return [line for line in lines if line["type"] == "train"], seconds, allocator.group(1) if allocator else "?"
 
 
 def run_soak(model: str, dtype: str, steps: int, overrides: list[str]) -> dict:

@@ -141,6 +141,30 @@ def test_seeded_sampling_is_reproducible(engine, prompts):
     assert len({tuple(ids) for ids in first}) > 1  # the three samples of a prompt are not copies
 
 
+def test_lora_policy_is_pushed_merged(engine, policy, tokenizer, prompts):
+    """A LoRA policy (lora.py) reaches the engine as merged weights under the base model's names: afterwards the
+    engine's log-probs are the adapted policy's, not the base's."""
+    from remix_rft import lora
+
+    adapted = lora.inject(load_model(DEFAULT_MODEL, dtype="float32", device=DEVICE), 8, 16, 0.0, "all-linear")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, parameter in lora.adapter_parameters(adapted):
+            parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator).to(parameter.device))
+    adapted.eval()
+    prompt_ids = tokenizer(prompts[0], add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(" The answer is \\boxed{5}.", add_special_tokens=False)["input_ids"]
+    expected = _trainer_logprobs(adapted, prompt_ids, response_ids)
+    with lora.adapters_disabled(adapted):
+        assert (expected - _trainer_logprobs(adapted, prompt_ids, response_ids)).abs().max() > 100 * SYNC_TOLERANCE
+    try:
+        engine.update_weights(adapted)
+        pushed = torch.tensor(engine.response_logprobs(prompt_ids, response_ids))
+        assert (pushed - expected).abs().max() < SYNC_TOLERANCE
+    finally:
+        engine.update_weights(policy)  # the module's engine serves the plain policy to the other tests
+
+
 def test_default_job_trains_with_the_vllm_engine(tmp_path):
     """The quickstart job, made small, with engine log-probs and truncated IS: the weights are pushed every step.
 
