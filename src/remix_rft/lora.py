@@ -24,8 +24,6 @@ import torch
 from torch import nn
 
 ADAPTER = "default"  # PEFT's adapter name: the infix `.lora_A.default.` in parameter names
-# PEFT's name for "every linear layer but the output head"
-ALL_LINEAR = "all-linear"
 _LORA_KEY_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])\.(?P<adapter>[^.]+)\.weight$")
 
 
