@@ -42,6 +42,21 @@ def test_share_splits_whole_groups_evenly():
     assert shares == [(0, 3), (3, 6), (6, 8)]
 
 
+def learn_saved_step(trainer: Trainer, saved: dict) -> dict:
+    """Step 1 in one process on the rollouts the 2 ranks generated (worker mode `step`), in the global batch's
+    row order; returns its record."""
+    indices, rollouts = [], []
+    for share_indices, share_rollouts in saved["shares"]:  # rank-major: the global batch's row order
+        for rollout in share_rollouts:
+            rollout.prompt_index += len(indices)
+        indices += share_indices
+        rollouts += share_rollouts
+    examples = [trainer.prompts.examples[indices[r.prompt_index]] for r in rollouts]
+    scores = trainer.reward.score([r.text for r in rollouts], examples)
+    plan = trainer.begin_step(1)
+    return trainer.learn(1, plan, FreshRollouts(indices, rollouts, examples, scores))
+
+
 @pytest.mark.parametrize("name, chunk_tokens", [("grpo", "3"), ("grpo", "null"), ("ppo", "3")])
 def test_two_processes_make_the_same_update_as_one(tmp_path, name, chunk_tokens):
     """(a) One step on 2 ranks (FSDP2, gloo) = one process on the same global batch with the same rollouts, with
@@ -56,16 +71,7 @@ def test_two_processes_make_the_same_update_as_one(tmp_path, name, chunk_tokens)
     config = load_config(overrides[0], [*TINY, f"logging.output_dir={tmp_path / 'one'}", *overrides[1:]])
     trainer = Trainer(config)
     try:
-        indices, rollouts = [], []
-        for share_indices, share_rollouts in saved["shares"]:  # rank-major: the global batch's row order
-            for rollout in share_rollouts:
-                rollout.prompt_index += len(indices)
-            indices += share_indices
-            rollouts += share_rollouts
-        examples = [trainer.prompts.examples[indices[r.prompt_index]] for r in rollouts]
-        scores = trainer.reward.score([r.text for r in rollouts], examples)
-        plan = trainer.begin_step(1)
-        record = trainer.learn(1, plan, FreshRollouts(indices, rollouts, examples, scores))
+        record = learn_saved_step(trainer, saved)
         assert record["rollouts/step"] == 8 and record["optimizer_steps"] == 2
         one = trainer.policy.state_dict()
         changed = 0

@@ -16,7 +16,7 @@ from remix_rft.references import AdapterReferences
 from remix_rft.trainer import Trainer, run_training
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_distributed import WORKER, torchrun  # noqa: E402
+from test_distributed import WORKER, learn_saved_step, torchrun  # noqa: E402
 from test_distributed import read_lines as read_run_lines  # noqa: E402
 from test_trainer import PRECISIONS, _comparable, read_lines, tiny_config  # noqa: E402
 
@@ -249,7 +249,6 @@ def test_hf_engine_samples_from_the_live_adapted_policy(tmp_path):
 def test_two_processes_make_the_same_lora_update_as_one(tmp_path):
     """FSDP2 + LoRA (gloo): the adapters are sharded with the frozen base (no mixed Tensor/DTensor parameters), and
     one step on 2 ranks moves them exactly as one process does on the same global batch."""
-    from remix_rft.experience import FreshRollouts
     from test_distributed import TINY as WORKER_TINY
 
     overrides = ["remix-ppo", *LORA, "train.prompts_per_step=4", "train.samples_per_prompt=1",
@@ -260,16 +259,7 @@ def test_two_processes_make_the_same_lora_update_as_one(tmp_path):
     config = load_config(overrides[0], [*WORKER_TINY, f"logging.output_dir={tmp_path / 'one'}", *overrides[1:]])
     trainer = Trainer(config)
     try:
-        indices, rollouts = [], []
-        for share_indices, share_rollouts in saved["shares"]:
-            for rollout in share_rollouts:
-                rollout.prompt_index += len(indices)
-            indices += share_indices
-            rollouts += share_rollouts
-        examples = [trainer.prompts.examples[indices[r.prompt_index]] for r in rollouts]
-        scores = trainer.reward.score([r.text for r in rollouts], examples)
-        plan = trainer.begin_step(1)
-        trainer.learn(1, plan, FreshRollouts(indices, rollouts, examples, scores))
+        learn_saved_step(trainer, saved)
         one = trainer.policy.state_dict()
         moved = 0
         for key, value in saved["weights"].items():

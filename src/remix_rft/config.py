@@ -258,6 +258,13 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     @property
+    def lagged_precedent(self) -> bool:
+        """Whether the KL-Convex precedent pi_{k-1} is a lagged policy of its own (a copy, or under LoRA an adapter
+        snapshot): a KL term, ReMix with KL-Convex, and `remix.precedent=lagged`."""
+        remix = self.remix
+        return self.algorithm.kl_coef > 0 and remix.enabled and remix.kl_convex and remix.precedent == "lagged"
+
+    @property
     def policy_lr(self) -> float:
         """The policy's learning rate: train.lr, or the adapters' (model.lora.lr, default 10x train.lr)."""
         lora = self.model.lora

@@ -116,6 +116,11 @@ def lora_scaling(model: nn.Module) -> float:
     return config.lora_alpha / config.r
 
 
+def _merged_weight(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """W + B @ A * alpha / r, computed in float32, in W's dtype."""
+    return (weight.float() + b.float() @ a.float() * scaling).to(weight.dtype)
+
+
 def merged_named_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full tensor) of the adapted model's weights in the base model's naming, each adapted layer's weight
     with B @ A * alpha / r added. Sharded parameters are gathered one by one, and an adapted layer's weight is
@@ -137,9 +142,7 @@ def merged_named_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]
         parts = pending.setdefault(module, {})
         parts[part] = _full(parameter)
         if len(parts) == 3:
-            weight = parts["weight"]
-            delta = (parts["B"].float() @ parts["A"].float()) * scaling
-            yield f"{module}.weight", (weight.float() + delta).to(weight.dtype)
+            yield f"{module}.weight", _merged_weight(parts["weight"], parts["A"], parts["B"], scaling)
             del pending[module]
     if pending:
         raise ValueError(f"adapted layers without their base weight or factors: {sorted(pending)[:4]}")
@@ -157,8 +160,7 @@ def merge_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str
         else:
             merged[name.replace(".base_layer.", ".", 1)] = tensor
     for module, parts in factors.items():
-        weight = merged[f"{module}.weight"]
-        merged[f"{module}.weight"] = (weight.float() + parts["B"].float() @ parts["A"].float() * scaling).to(weight.dtype)
+        merged[f"{module}.weight"] = _merged_weight(merged[f"{module}.weight"], parts["A"], parts["B"], scaling)
     return merged
 
 

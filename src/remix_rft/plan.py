@@ -201,7 +201,7 @@ def memory_estimate(config: Config, arch: Architecture, prompt_tokens: int = 256
     c = 2 if bf16 else 4
     n = arch.parameters
     uses_kl = config.algorithm.kl_coef > 0
-    lagged = uses_kl and config.remix.enabled and config.remix.kl_convex and config.remix.precedent == "lagged"
+    lagged = config.lagged_precedent
     critic_n = arch.critic_parameters if config.algorithm.name == "ppo" else 0
     if m.lora.enabled:  # the base is frozen: weights only; the adapters train; snapshots instead of copies
         adapters = lora_parameters(arch, m.lora.r, m.lora.peft_target_modules)

@@ -42,8 +42,7 @@ class FrozenReferences:
     def __init__(self, policy: torch.nn.Module, config: Config, dist: Distributed | None = None):
         """Copies of `policy` (before it is sharded), each FSDP2-sharded under torchrun (`dist`)."""
         self.uses_kl = config.algorithm.kl_coef > 0
-        remix = config.remix
-        needs_lagged = self.uses_kl and remix.enabled and remix.kl_convex and remix.precedent == "lagged"
+        needs_lagged = config.lagged_precedent
         # never trained, so no float32 master: stored in the compute dtype, or bf16 when model.frozen_dtype asks
         dtype = config.model.frozen_storage_dtype
         # bf16 storage under float32 compute: each module's weights are upcast for its own forward only
@@ -95,8 +94,7 @@ class AdapterReferences:
     def __init__(self, policy: torch.nn.Module, config: Config):
         self.policy = policy
         self.uses_kl = config.algorithm.kl_coef > 0
-        remix = config.remix
-        self.needs_lagged = self.uses_kl and remix.enabled and remix.kl_convex and remix.precedent == "lagged"
+        self.needs_lagged = config.lagged_precedent
         self.chunk_tokens = config.train.logprob_chunk_tokens
         self.reference_adapter: dict[str, torch.Tensor] | None = None  # after reincarnation: the policy's adapter then
         self.precedent_adapter: dict[str, torch.Tensor] | None = None  # pi_{k-1}'s adapter; None: pi_k's (step 1)
@@ -110,9 +108,8 @@ class AdapterReferences:
         return self.policy if self.needs_lagged else None
 
     def _logprobs(self, tokens: TokenBatch, temperature: float, max_tokens: int | None) -> torch.Tensor:
-        with torch.no_grad():
-            return token_logprobs(self.policy, tokens, temperature, max_tokens=max_tokens,
-                                  chunk_tokens=self.chunk_tokens)[0].float()
+        return token_logprobs(self.policy, tokens, temperature, max_tokens=max_tokens,
+                              chunk_tokens=self.chunk_tokens)[0].float()
 
     def reference_logprobs(self, tokens: TokenBatch, temperature: float, max_tokens: int | None,
                            gathered: Gathered = _not_sharded) -> torch.Tensor:
