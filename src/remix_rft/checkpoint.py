@@ -273,10 +273,10 @@ def _read_adapters(directory: Path, training: TrainingState) -> None:
     training.references.load_state_dict(torch.load(directory / "references.pt", weights_only=True))
     if training.critic is not None:
         trainable = torch.load(directory / "critic.pt", weights_only=True)
-        missing, unexpected = training.critic.model.load_state_dict(trainable, strict=False)
-        lost = set(trainable) - {name for name, _ in training.critic.model.named_parameters()}
-        if unexpected or lost:
-            raise UsageError(f"{directory / 'critic.pt'} does not fit this run's critic: {sorted(unexpected or lost)[:3]}")
+        foreign = set(trainable) - {name for name, _ in training.critic.model.named_parameters()}
+        if foreign:
+            raise UsageError(f"{directory / 'critic.pt'} does not fit this run's critic: {sorted(foreign)[:3]}")
+        training.critic.model.load_state_dict(trainable, strict=False)  # the frozen trunk is the config's model
 
 
 def check_world_size(directory: Path, world_size: int) -> None:
@@ -299,11 +299,10 @@ def read_training_state(directory: Path, training: TrainingState, dtype: str) ->
         return _read_sharded(directory, training)
     references = training.references
     trainer_state = torch.load(directory / "trainer_state.pt", weights_only=False)
+    _check_lora_checkpoint(directory, isinstance(references, AdapterReferences))
     if isinstance(references, AdapterReferences):
-        _check_lora_checkpoint(directory, True)
         _read_adapters(directory, training)
     else:
-        _check_lora_checkpoint(directory, False)
         # the policy's float32 master weights; the frozen copies in their storage dtype `dtype` (model.frozen_dtype)
         training.actor.model.load_state_dict(load_model(str(directory / "policy"), dtype="float32").state_dict())
         if trainer_state["reincarnated"] and references.reference is not None:
