@@ -195,6 +195,19 @@ class TrainingState:
     dist: Distributed = field(default_factory=Distributed)
     hacking: Any = None  # the reward-hacking monitor (rewards/hacking.py): its history and streaks
     base_model: str = ""  # model.name: what a LoRA adapter's config names as its base
+    # further roles with state_dict / load_state_dict, saved by name (the adaptive reincarnation monitor, the
+    # responses a pipelined run generated ahead); a checkpoint without one leaves it as built
+    components: dict[str, Any] = field(default_factory=dict)
+
+
+def _components_state(training: TrainingState) -> dict[str, Any]:
+    return {name: component.state_dict() for name, component in training.components.items()}
+
+
+def _load_components(training: TrainingState, saved: dict[str, Any]) -> None:
+    for name, component in training.components.items():
+        if name in saved:
+            component.load_state_dict(saved[name])
 
 
 def checkpoint_to_resume(run_dir: Path) -> Path:
@@ -248,8 +261,8 @@ def write_training_state(directory: Path, training: TrainingState, phase: str) -
     counters = {"step": state.step, "rollouts_total": state.rollouts_total, "tokens_total": state.tokens_total,
                 "reincarnated": state.reincarnated}
     hacking = training.hacking.state_dict() if training.hacking is not None else {}
-    torch.save({**counters, "sampler": training.prompts.state_dict(), "rng": rng_state(), "hacking": hacking},
-               directory / "trainer_state.pt")
+    torch.save({**counters, "sampler": training.prompts.state_dict(), "rng": rng_state(), "hacking": hacking,
+                "components": _components_state(training)}, directory / "trainer_state.pt")
     (directory / "trainer_state.json").write_text(json.dumps({**counters, "phase": phase, "world_size": 1}, indent=2))
 
 
@@ -319,6 +332,7 @@ def read_training_state(directory: Path, training: TrainingState, dtype: str) ->
     training.prompts.load_state_dict(trainer_state["sampler"])
     if training.hacking is not None:
         training.hacking.load_state_dict(trainer_state.get("hacking", {}))
+    _load_components(training, trainer_state.get("components", {}))
     restore_rng_state(trainer_state["rng"])
     return TrainState(step=trainer_state["step"], rollouts_total=trainer_state["rollouts_total"],
                       tokens_total=trainer_state["tokens_total"], reincarnated=trainer_state["reincarnated"])
@@ -398,8 +412,8 @@ def _write_sharded(directory: Path, training: TrainingState, phase: str) -> None
             {**_rank_state(training), "phase": phase, "world_size": dist.world_size}, indent=2))
     torch.save({**_rank_state(training), "sampler": training.prompts.state_dict(), "rng": rng_state(),
                 "lr_scheduler": training.actor.lr_scheduler.state_dict(), "buffer": training.buffer.state_dict(),
-                "hacking": training.hacking.state_dict() if training.hacking is not None else {}},
-               directory / f"rank_{dist.rank:05d}.pt")
+                "hacking": training.hacking.state_dict() if training.hacking is not None else {},
+                "components": _components_state(training)}, directory / f"rank_{dist.rank:05d}.pt")
 
 
 def _read_sharded(directory: Path, training: TrainingState) -> TrainState:
@@ -424,6 +438,7 @@ def _read_sharded(directory: Path, training: TrainingState) -> TrainState:
     training.prompts.load_state_dict(own["sampler"])
     if training.hacking is not None:
         training.hacking.load_state_dict(own.get("hacking", {}))
+    _load_components(training, own.get("components", {}))
     restore_rng_state(own["rng"])
     return TrainState(step=own["step"], rollouts_total=own["rollouts_total"], tokens_total=own["tokens_total"],
                       reincarnated=own["reincarnated"])

@@ -128,12 +128,41 @@ class AlgorithmConfig:
 
 
 @dataclass
+class AutoReincarnation:
+    """When `remix.reincarnate_at=auto` switches back to on-policy training (README, Adaptive reincarnation). Each
+    trigger compares a moving mean over `window` steps with its threshold (null turns the trigger off) and fires after
+    `patience` consecutive steps past it; the reward plateau counts steps itself. Reincarnation happens before the step
+    after the one that fired, never before `min_step` + 1, and at `max_step` + 1 at the latest."""
+
+    min_step: int = 4  # no trigger fires before this step: the replay buffer and the length baseline need a few steps
+    max_step: int | None = None  # the fixed fallback: reincarnate after this step if nothing fired (null: never)
+    window: int = 3  # steps in each signal's moving mean (one step of 32 responses is noisy)
+    patience: int = 2  # consecutive steps a signal must be past its threshold
+    # effective sample size of the replayed tokens' importance weights pi_theta/mu, as a share of their count (1 = all
+    # weights equal): below it, replay adds variance rather than data. Measured on the CPU study: 0.94-0.99 while
+    # replay helps
+    ess_below: float | None = 0.8
+    # the fresh responses' mean length against its mean over the first `baseline_steps` steps (the on-policy start):
+    # a drop of more than this share is the Whipping effect (METHOD.md: replay pushes responses short)
+    length_drop_above: float | None = 0.3
+    baseline_steps: int = 3
+    # k3 KL(pi_k || pi_{k-1}), the last update's size: far above its usual size (3e-3 to 7e-3 on the CPU study) the
+    # replayed rollouts of the last policies age fast. Needs a lagged precedent (remix.precedent=lagged, kl_coef > 0)
+    kl_precedent_above: float | None = 0.03
+    # steps without a gain of `plateau_min_gain` in the moving mean of the fresh reward over its best so far
+    plateau_steps: int | None = 8
+    plateau_min_gain: float = 0.02
+
+
+@dataclass
 class ReMixConfig:
     enabled: bool = True  # False: plain on-policy PPO/GRPO (p = 0, one update pass, no reincarnation)
     offpolicy_fraction: float = 0.4  # p: share of each step's prompts replayed from past policies
     history_window: int = 2  # N: replay from the rollouts of the last N policies
     updates_per_batch: int = 2  # m: passes over the mixed batch per step (update-to-data ratio)
-    reincarnate_at: int | None = 50  # T: last mix-phase step; null = never switch back to on-policy
+    # T: last mix-phase step; null = never switch back to on-policy; auto = when a trigger of `auto_reincarnation` fires
+    reincarnate_at: int | str | None = 50
+    auto_reincarnation: AutoReincarnation = field(default_factory=AutoReincarnation)
     kl_convex: bool = True  # False: the KL term uses the base reference only (weight 1)
     kl_convex_start: int = 50
     kl_convex_interval: int = 10
@@ -265,6 +294,11 @@ class Config:
         return self.algorithm.kl_coef > 0 and remix.enabled and remix.kl_convex and remix.precedent == "lagged"
 
     @property
+    def auto_reincarnation(self) -> bool:
+        """Whether a reincarnation trigger (reincarnation.py) decides when ReMix goes back to on-policy training."""
+        return self.remix.enabled and self.remix.reincarnate_at == "auto"
+
+    @property
     def policy_lr(self) -> float:
         """The policy's learning rate: train.lr, or the adapters' (model.lora.lr, default 10x train.lr)."""
         lora = self.model.lora
@@ -314,8 +348,25 @@ class Config:
                f"must be in [0, 1), got {r.offpolicy_fraction}")
         _check(r.history_window >= 1, "remix.history_window", f"must be >= 1, got {r.history_window}")
         _check(r.updates_per_batch >= 1, "remix.updates_per_batch", f"must be >= 1, got {r.updates_per_batch}")
-        _check(r.reincarnate_at is None or r.reincarnate_at >= 0, "remix.reincarnate_at",
-               f"must be >= 0 or null, got {r.reincarnate_at}")
+        _check(r.reincarnate_at is None or r.reincarnate_at == "auto"
+               or (isinstance(r.reincarnate_at, int) and r.reincarnate_at >= 0), "remix.reincarnate_at",
+               f"must be a step >= 0, auto or null, got {r.reincarnate_at!r}")
+        au = r.auto_reincarnation
+        _check(au.min_step >= 0, "remix.auto_reincarnation.min_step", f"must be >= 0, got {au.min_step}")
+        _check(au.max_step is None or au.max_step >= au.min_step, "remix.auto_reincarnation.max_step",
+               f"must be >= min_step ({au.min_step}) or null, got {au.max_step}")
+        for key in ("window", "patience", "baseline_steps"):
+            _check(getattr(au, key) >= 1, f"remix.auto_reincarnation.{key}", f"must be >= 1, got {getattr(au, key)}")
+        _check(au.ess_below is None or 0 < au.ess_below <= 1, "remix.auto_reincarnation.ess_below",
+               f"must be in (0, 1] or null, got {au.ess_below}")
+        _check(au.length_drop_above is None or 0 < au.length_drop_above < 1,
+               "remix.auto_reincarnation.length_drop_above", f"must be in (0, 1) or null, got {au.length_drop_above}")
+        _check(au.kl_precedent_above is None or au.kl_precedent_above > 0, "remix.auto_reincarnation.kl_precedent_above",
+               f"must be > 0 or null, got {au.kl_precedent_above}")
+        _check(au.plateau_steps is None or au.plateau_steps >= 1, "remix.auto_reincarnation.plateau_steps",
+               f"must be >= 1 or null, got {au.plateau_steps}")
+        _check(au.plateau_min_gain >= 0, "remix.auto_reincarnation.plateau_min_gain",
+               f"must be >= 0, got {au.plateau_min_gain}")
         _check(r.precedent in ("lagged", "proximal"), "remix.precedent", f"must be lagged or proximal, got {r.precedent!r}")
         _check(0 <= r.kl_convex_floor <= 1, "remix.kl_convex_floor", "must be in [0, 1]")
         _check(r.kl_convex_interval >= 1, "remix.kl_convex_interval", "must be >= 1")

@@ -144,10 +144,11 @@ def keep_logprobs(config: Config, groups: list[RolloutGroup], batch: StepBatch) 
 def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: torch.nn.Module,
                    references: FrozenReferences | AdapterReferences, critic: torch.nn.Module | None,
                    gathered: Callable[[torch.nn.Module | None], contextlib.AbstractContextManager] = (
-                       lambda model: contextlib.nullcontext())) -> dict[str, float]:
+                       lambda model: contextlib.nullcontext()), measure_precedent: bool = False) -> dict[str, float]:
     """Fill the batch's pi_k, reference and precedent log-probs and the critic's values; return diagnostics.
 
-    `gathered(model)` gives a sharded model its full parameters for the passes (see `Distributed.gathered`)."""
+    `gathered(model)` gives a sharded model its full parameters for the passes (see `Distributed.gathered`).
+    `measure_precedent`: log kl/precedent even while the KL-Convex weight is 1 (the loss then does not use it)."""
     tokens = batch.tokens
     mask = tokens.response_mask
     temperature = config.rollout.temperature
@@ -180,12 +181,14 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
             batch.reference_logp = references.reference_logprobs(tokens, temperature, budget, gathered)
             metrics["kl/base"] = float(algos.masked_mean(
                 algos.kl_penalty(batch.proximal_logp, batch.reference_logp, "k3"), mask))
-        if references.uses_kl and plan.kl_convex_weight < 1.0:
-            batch.precedent_logp = references.precedent_logprobs(tokens, temperature, budget, batch.proximal_logp,
-                                                                 gathered)
+        measure = measure_precedent and references.lagged is not None
+        if references.uses_kl and (plan.kl_convex_weight < 1.0 or measure):
+            precedent = references.precedent_logprobs(tokens, temperature, budget, batch.proximal_logp, gathered)
+            if plan.kl_convex_weight < 1.0:
+                batch.precedent_logp = precedent
             if references.lagged is not None:  # a proximal precedent is pi_k itself: its KL here is 0 by construction
                 metrics["kl/precedent"] = float(algos.masked_mean(
-                    algos.kl_penalty(batch.proximal_logp, batch.precedent_logp, "k3"), mask))
+                    algos.kl_penalty(batch.proximal_logp, precedent, "k3"), mask))
         if critic is not None:
             critic.eval()
             with gathered(critic):

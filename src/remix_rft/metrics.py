@@ -125,7 +125,9 @@ def step_summary(record: dict[str, Any], total_steps: int) -> str:
     return (f"step {record['step']}/{total_steps} [{record['phase']}] reward {record['reward/mean']:.3f} "
             f"acc {record['accuracy/train']:.3f} len {record['response_length/mean']:.0f} "
             f"rollouts {record['rollouts/total']} ratio {record.get('ratio/mean', float('nan')):.3f} "
-            f"kl {record.get('kl/base', 0.0):.4f} {record['time/step']:.1f}s")
+            f"kl {record.get('kl/base', 0.0):.4f} {record['time/step']:.1f}s"
+            + (f"  -> reincarnation next step: {record['reincarnation/message']}"
+               if "reincarnation/message" in record else ""))
 
 
 def report_step(record: dict[str, Any], total_steps: int, progress=None, alarm=None) -> None:

@@ -284,7 +284,18 @@ def format_plan(config: Config, arch: Architecture, prompt_tokens: int, device_m
              f"{'phase':<10} {'steps':>6} {'generated/step':>15} {'trained/step':>13} {'optimizer steps/step':>21}"]
     for p in phases:
         lines.append(f"{p.phase:<10} {p.steps:>6} {p.generated:>15,} {p.trained:>13,} {p.optimizer_steps:>21}")
-    lines += [f"total rollouts over {t.steps} steps: {total:,}", ""]
+    lines.append(f"total rollouts over {t.steps} steps: {total:,}")
+    if config.auto_reincarnation:  # the step is decided during the run: the table is the latest switch
+        from remix_rft.schedule import build_schedule
+
+        auto = config.remix.auto_reincarnation
+        earliest = build_schedule(config)
+        earliest.reincarnate_after(auto.min_step)
+        latest = f"after step {auto.max_step} (max_step)" if auto.max_step is not None else "never (max_step null)"
+        lines.append(f"reincarnation: auto; the table assumes it comes {latest}; at the earliest (after step "
+                     f"{auto.min_step}, min_step) the run generates "
+                     f"{earliest.total_rollouts(t.steps, t.samples_per_prompt):,} rollouts")
+    lines.append("")
     estimate = memory_estimate(config, arch, prompt_tokens, device_type)
     lines.append(f"peak memory per device (prompts ~{prompt_tokens} tokens, responses {config.rollout.max_new_tokens},"
                  f" {'bf16 mixed precision' if config.model.bf16 else 'float32'}, gradient checkpointing "

@@ -193,6 +193,8 @@ def _configured_reincarnation_step(run_dir: Path) -> int | None:
     if isinstance(remix, dict) and remix.get("enabled") is False:
         return None  # plain PPO/GRPO: reincarnate_at is inert
     step = remix.get("reincarnate_at") if isinstance(remix, dict) else None
+    if step == "auto":
+        return None  # adaptive: only the logged event knows the step
     if step is not None and not _is_number(step):
         raise DataError(f"{path}: remix.reincarnate_at must be a step number or null, got {step!r}")
     return None if step is None else int(step)

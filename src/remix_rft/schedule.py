@@ -102,6 +102,11 @@ class ReMixSchedule:
             kl_convex=False,
         )
 
+    def reincarnate_after(self, step: int) -> None:
+        """Move T to `step` (adaptive reincarnation decided it at the end of that step): step + 1 reincarnates."""
+        _check_int("step", step, 0)
+        self.reincarnate_at = step
+
     def is_mix_phase(self, step: int) -> bool:
         return self.reincarnate_at is None or step <= self.reincarnate_at
 
@@ -154,9 +159,11 @@ def build_schedule(config: Config) -> ReMixSchedule:
     r, prompts = config.remix, config.train.prompts_per_step
     if not r.enabled:
         return ReMixSchedule.on_policy(prompts)
+    # auto: the fallback max_step until a trigger moves T earlier (`reincarnate_after`; trainer + reincarnation.py)
+    reincarnate_at = r.auto_reincarnation.max_step if config.auto_reincarnation else r.reincarnate_at
     return ReMixSchedule(
         prompts_per_step=prompts, offpolicy_fraction=r.offpolicy_fraction, updates_per_batch=r.updates_per_batch,
-        reincarnate_at=r.reincarnate_at, kl_convex=r.kl_convex, kl_convex_start=r.kl_convex_start,
+        reincarnate_at=reincarnate_at, kl_convex=r.kl_convex, kl_convex_start=r.kl_convex_start,
         kl_convex_interval=r.kl_convex_interval, kl_convex_decrement=r.kl_convex_decrement,
         kl_convex_floor=r.kl_convex_floor,
     )

@@ -47,6 +47,7 @@ from remix_rft.metrics import MetricsLogger
 from remix_rft.models import enable_activation_checkpointing, load_model, load_tokenizer
 from remix_rft.preflight import check_writable
 from remix_rft.references import build_references
+from remix_rft.reincarnation import ReincarnationMonitor
 from remix_rft.rewards import check_scores, reward_from_config
 from remix_rft.rewards.hacking import build_hacking_monitor
 from remix_rft.rollout import SamplingParams, build_engine, engine_options
@@ -109,6 +110,12 @@ class Trainer:
         self.interrupted = False  # the run ended early on a stop request, with a checkpoint of its last step
         self._saved_step: int | None = None  # the step of this process's last checkpoint
         self.schedule = build_schedule(cfg)
+        # remix.reincarnate_at=auto: triggers read each mix-phase step's metrics and move T (reincarnation.py)
+        self.reincarnation = ReincarnationMonitor(cfg.remix.auto_reincarnation,
+                                                  kl_measured=self.references.lagged is not None) \
+            if cfg.auto_reincarnation else None
+        if self.reincarnation is not None and self.dist.is_main:
+            logger.info("adaptive reincarnation: triggers %s", ", ".join(self.reincarnation.active_triggers) or "none")
         self.buffer = ReplayBuffer(cfg.remix.history_window, seed=cfg.train.seed + self.dist.rank)
         self.state = TrainState()
         self.eval_history: list[tuple[int, Any]] = []
@@ -116,6 +123,8 @@ class Trainer:
         if resume_from is not None:
             self.state = checkpoint.read_training_state(resume_from, self._training_state(),
                                                      dtype=cfg.model.frozen_storage_dtype)
+            if self.reincarnation is not None and self.reincarnation.decision is not None:
+                self.schedule.reincarnate_after(self.reincarnation.decision.step)
         if self.device.type == "cpu" and self.dist.is_main:  # jemalloc: README, Memory; remix_rft/memory.py
             logger.info("host memory allocator: %s", active_allocator())
         # rank 0 writes the run's metrics (after dropping lines logged after the checkpoint)
@@ -135,7 +144,8 @@ class Trainer:
     def _training_state(self) -> TrainingState:
         return TrainingState(state=self.state, actor=self.actor, critic=self.critic, references=self.references,
                              buffer=self.buffer, prompts=self.prompts, tokenizer=self.tokenizer, dist=self.dist,
-                             hacking=self.hacking, base_model=self.config.model.name)
+                             hacking=self.hacking, base_model=self.config.model.name,
+                             components={"reincarnation": self.reincarnation} if self.reincarnation else {})
 
     def train_step(self, step: int) -> dict[str, Any]:
         plan = self.begin_step(step)
@@ -182,8 +192,11 @@ class Trainer:
 
         # 4. log-prob passes without grad
         t0 = time.perf_counter()
+        # the KL trigger of adaptive reincarnation reads kl/precedent on every mix-phase step
+        watch_kl = self.reincarnation is not None and plan.phase == "mix"
         pass_metrics = experience.logprob_passes(cfg, batch, plan, self.policy, self.references,
-                                                 self.critic.model if self.critic else None, self.dist.gathered)
+                                                 self.critic.model if self.critic else None, self.dist.gathered,
+                                                 measure_precedent=watch_kl)
         times["logprobs"] = time.perf_counter() - t0
         experience.keep_logprobs(cfg, fresh_groups, batch)  # what these groups carry when replayed
 
@@ -219,12 +232,29 @@ class Trainer:
         record["distributed/world_size"] = self.dist.world_size
         return record
 
+    def _watch_reincarnation(self, step: int, plan: StepPlan, record: dict[str, Any]) -> None:
+        """Adaptive reincarnation: rank 0's monitor reads the step's metrics; when a trigger fires, T moves to this
+        step (every rank follows rank 0) and the step's record says which trigger fired."""
+        monitor = self.reincarnation
+        if monitor is None or self.state.reincarnated or plan.phase != "mix":
+            return
+        decision = monitor.observe(step, record) if self.dist.is_main else None
+        record.update(monitor.signals())
+        decision = self.dist.broadcast_object(decision)
+        if decision is not None:
+            monitor.decision = decision
+            self.schedule.reincarnate_after(decision.step)
+            record.update({"reincarnation/trigger": decision.trigger, "reincarnation/message": decision.message})
+
     def _reincarnate(self, step: int) -> None:
         self.references.reincarnate(self.policy)
         self.state.reincarnated = True
         self.buffer.evict(step + self.config.remix.history_window + 1)  # replay is off from here on: free it
+        decision = self.reincarnation.decision if self.reincarnation is not None else None
+        why = f" ({decision.message})" if decision is not None else ""
         self._log({"type": "event", "event": "reincarnation", "step": step, "rollouts/total": self.state.rollouts_total,
-                   "message": f"reference <- policy after step {step - 1}; on-policy from step {step}"})
+                   **(decision.to_dict() if decision is not None else {}),
+                   "message": f"reference <- policy after step {step - 1}; on-policy from step {step}{why}"})
         logger.info("step %d: policy reincarnation (reference <- current policy, on-policy from now on)", step)
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -284,6 +314,7 @@ class Trainer:
             if self.stop_requested():
                 break
             record = self.train_step(step)
+            self._watch_reincarnation(step, self.schedule.plan(step), record)
             self._log(record)
             alarm = self.dist.broadcast_object(self.hacking.alarm)  # rank 0's monitor decides for every rank
             if self.dist.is_main:
