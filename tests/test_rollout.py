@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from remix_rft.batching import collate, token_logprobs
+from remix_rft.logprobs import sampling_truncation
 from remix_rft.models import DEFAULT_MODEL, autocast_context, load_model
 from remix_rft.rollout import HFRolloutEngine, Rollout, RolloutEngine, SamplingParams, build_engine
 from remix_rft.rollout.hf import filter_top_k_top_p
@@ -51,13 +52,18 @@ def test_behaviour_logprobs_match_teacher_forced(tokenizer, tiny_model, temperat
         [r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts], tokenizer.pad_token_id
     )
     assert len({len(r.prompt_ids) for r in rollouts}) == 3  # left padding is exercised
-    with torch.no_grad():
-        teacher_forced, _ = token_logprobs(tiny_model, batch, temperature=temperature)
+    # the engine's log-probs are those of the truncated, renormalised distribution it drew from; so are the
+    # trainer's with the sampler's truncation, on the lean chunked head and on the plain path alike
+    truncation = sampling_truncation(top_k, top_p)
     behaviour = behaviour_matrix(rollouts, batch.response_length)
-    assert (teacher_forced - behaviour).abs().max() < 1e-4
     with torch.no_grad():
-        micro, _ = token_logprobs(tiny_model, batch, temperature=temperature, max_tokens=64)
-    assert (micro - behaviour).abs().max() < 1e-4
+        for kwargs in ({}, {"max_tokens": 64}, {"chunk_tokens": None}):
+            teacher_forced, _ = token_logprobs(tiny_model, batch, temperature=temperature, truncation=truncation,
+                                               **kwargs)
+            assert (teacher_forced - behaviour).abs().max() < 1e-4
+        full, _ = token_logprobs(tiny_model, batch, temperature=temperature)
+    if truncation is not None:  # renormalised over fewer tokens: above the full distribution's
+        assert (behaviour - full)[batch.response_mask > 0].min() > 1e-3
 
 
 def test_finish_reasons_lengths_and_grouped_order(tokenizer, tiny_model):

@@ -274,6 +274,5 @@ def test_mismatch_correction_needs_engine_logprobs(tmp_path):
 
     with pytest.raises(ConfigError, match="rollout.is_correction"):
         tiny_config(tmp_path, "remix-grpo", "rollout.is_correction=tis")
-    with pytest.raises(ConfigError, match="rollout.top_p/top_k"):
-        tiny_config(tmp_path, "remix-grpo", "rollout.engine=vllm", "rollout.behaviour_logprobs=engine",
-                    "rollout.top_p=0.9")
+    with pytest.raises(ConfigError, match="rollout.mismatch_mask"):
+        tiny_config(tmp_path, "remix-grpo", "rollout.mismatch_mask=icepop")

@@ -13,7 +13,7 @@ from remix_rft import algos
 from remix_rft.batching import TokenBatch, token_logprobs
 from remix_rft.config import Config
 from remix_rft.distributed import Distributed
-from remix_rft.experience import StepBatch
+from remix_rft.experience import StepBatch, rollout_truncation
 from remix_rft.models import autocast_context
 from remix_rft.references import kl_term
 from remix_rft.schedule import StepPlan
@@ -98,6 +98,8 @@ class Actor:
         uses_kl = alg.kl_coef > 0
         tallies = {"fresh": RatioTally(), "replay": RatioTally()}
         kl_losses: list[float] = []
+        truncation = rollout_truncation(cfg)
+        outside_counts = [0.0, 0.0]  # response tokens outside the current policy's truncated set, all tokens
 
         def micro_loss(index: torch.Tensor, sub: TokenBatch, record: bool) -> torch.Tensor:
             width, mask = sub.response_ids.shape[1], sub.response_mask
@@ -108,10 +110,21 @@ class Actor:
             with autocast_context(sub.input_ids.device, cfg.model.bf16):
                 logp, entropy = token_logprobs(self.model, sub, cfg.rollout.temperature,
                                                with_entropy=alg.entropy_coef > 0,
-                                               chunk_tokens=cfg.train.logprob_chunk_tokens)
+                                               chunk_tokens=cfg.train.logprob_chunk_tokens, truncation=truncation)
             logp = logp.float()
             behaviour, proximal = cut(batch.behaviour_logp), cut(batch.proximal_logp)
-            correction = {} if batch.is_weights is None else {"is_weights": cut(batch.is_weights)}
+            is_weights = None if batch.is_weights is None else cut(batch.is_weights)
+            if truncation is not None:
+                # a token this update pushed out of the policy's truncated set has log-prob -inf: it leaves the loss
+                # (weight 0) and the behaviour log-prob stands in, a constant, so the ratio and KL stay finite
+                outside = torch.isneginf(logp) & (mask > 0)
+                if record:
+                    outside_counts[0] += float(outside.sum())
+                    outside_counts[1] += float(mask.sum())
+                if bool(outside.any()):
+                    logp = torch.where(outside, behaviour, logp)
+                    is_weights = (~outside).float() * (mask if is_weights is None else is_weights)
+            correction = {} if is_weights is None else {"is_weights": is_weights}
             loss, _ = loss_fn(logp, behaviour, proximal, cut(batch.advantages), mask,
                               clip_eps=alg.clip_eps, agg=alg.loss_agg, norm_len=norm_len, **correction)
             if uses_kl and not alg.kl_in_reward:
@@ -155,8 +168,12 @@ class Actor:
             if kl_count:
                 metrics["loss/kl"] = kl_sum / kl_count
             tallies = {kind: tally.reduced(self.dist) for kind, tally in tallies.items()}
+            if truncation is not None:
+                outside_counts = self.dist.all_reduce(outside_counts)
         elif kl_losses:
             metrics["loss/kl"] = float(np.mean(kl_losses))
+        if truncation is not None and outside_counts[1]:
+            metrics["truncation/update_masked_share"] = outside_counts[0] / outside_counts[1]
         metrics.update(tallies["fresh"].merged(tallies["replay"]).metrics())
         metrics.update(tallies["fresh"].metrics("fresh"))
         metrics.update(tallies["replay"].metrics("replay"))

@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from remix_rft.logprobs import DEFAULT_CHUNK_TOKENS, chunked_logprobs, lean_head
+from remix_rft.logprobs import (
+    DEFAULT_CHUNK_TOKENS,
+    Truncation,
+    chunked_logprobs,
+    lean_head,
+    truncation_keep_mask,
+)
 
 
 @dataclass
@@ -154,17 +160,18 @@ LEAN_LOGPROBS_METHOD = "remix_lean_logprobs"
 
 
 def lean_logprobs(model: torch.nn.Module, batch: TokenBatch, temperature: float, chunk_tokens: int,
-                  with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+                  with_entropy: bool, truncation: Truncation | None = None) -> tuple[Tensor, Tensor | None]:
     """The lean path's flat log-probs (and entropy) of the real response tokens: the LM head runs on them only,
     chunk by chunk (see logprobs.py). The model's head is read here, so under FSDP2 this must run as a forward."""
     keep = batch.response_mask.bool()
     hidden = _response_hidden(model.get_decoder(), batch)[keep]
     return chunked_logprobs(hidden, lean_head(model), batch.response_ids[keep], temperature, chunk_tokens,
-                            with_entropy)
+                            with_entropy, truncation)
 
 
 def _logprobs_one(
-    model: torch.nn.Module, batch: TokenBatch, temperature: float, with_entropy: bool, chunk_tokens: int | None
+    model: torch.nn.Module, batch: TokenBatch, temperature: float, with_entropy: bool, chunk_tokens: int | None,
+    truncation: Truncation | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     if batch.response_length == 0:  # logits_to_keep=0 would mean "all positions" to HF
         empty = batch.response_mask.new_zeros(batch.response_mask.shape)
@@ -175,7 +182,7 @@ def _logprobs_one(
         # an FSDP2 model runs the lean path as a registered forward method (Distributed.shard): its root's
         # parameters, the LM head's included, are gathered around it and its gradients reduce-scattered after
         lean = getattr(model, LEAN_LOGPROBS_METHOD, None) or functools.partial(lean_logprobs, model)
-        flat_logprobs, flat_entropy = lean(batch, temperature, chunk_tokens, with_entropy)
+        flat_logprobs, flat_entropy = lean(batch, temperature, chunk_tokens, with_entropy, truncation)
         logprobs = batch.response_mask.new_zeros(batch.response_mask.shape).masked_scatter(keep, flat_logprobs)
         if not with_entropy:
             return logprobs, None
@@ -183,13 +190,22 @@ def _logprobs_one(
     logits = _response_logits(model, batch).float()
     if temperature != 1.0:
         logits = logits / temperature
+    kept = None
+    if truncation is not None:  # the sampler's truncated distribution: -inf off its kept set (logprobs.py)
+        kept = truncation_keep_mask(logits, truncation.top_k, truncation.top_p)
+        logits = logits.masked_fill(~kept, float("-inf"))
     # log p(token) = logit(token) - logsumexp(logits): no full [b, R, V] log-softmax tensor is kept for backward.
     log_normaliser = torch.logsumexp(logits, dim=-1)
     logprobs = logits.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1) - log_normaliser
     logprobs = torch.where(keep, logprobs, torch.zeros_like(logprobs))
+    if kept is not None:  # a target off the kept set: -inf as a constant, no gradient through the normaliser
+        target_kept = kept.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+        logprobs = torch.where(target_kept | ~keep, logprobs, float("-inf"))
     if not with_entropy:
         return logprobs, None
-    entropy = log_normaliser - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+    # off the kept set p = 0 and the logit -inf: read it as 0 there (before the product, so backward has no NaN)
+    finite_logits = logits if kept is None else torch.where(kept, logits, 0.0)
+    entropy = log_normaliser - (torch.softmax(logits, dim=-1) * finite_logits).sum(dim=-1)
     return logprobs, torch.where(keep, entropy, torch.zeros_like(entropy))
 
 
@@ -222,8 +238,13 @@ def token_logprobs(
     with_entropy: bool = False,
     max_tokens: int | None = None,
     chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
+    truncation: Truncation | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """[B, R] float32 log-probs of the response tokens under log_softmax(logits / temperature), 0 where masked.
+
+    With `truncation` (the sampler's top-k / top-p, see `logprobs.sampling_truncation`) they are those of the
+    truncated, renormalised distribution the sampler drew from, and the entropy is that distribution's; a token
+    outside it gets -inf (no gradient), which the caller masks out of the loss.
 
     Also the per-token entropy of that distribution when `with_entropy`. Autograd is kept when grad is enabled.
     Micro-batches of at most `max_tokens` padded tokens bound the decoder's activations. With `chunk_tokens` set
@@ -234,7 +255,7 @@ def token_logprobs(
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     logprobs, entropy = _per_group(
-        batch, max_tokens, lambda sub: _logprobs_one(model, sub, temperature, with_entropy, chunk_tokens)
+        batch, max_tokens, lambda sub: _logprobs_one(model, sub, temperature, with_entropy, chunk_tokens, truncation)
     )
     return logprobs, entropy
 

@@ -193,6 +193,7 @@ class RolloutConfig:
     engine: str = "hf"
     max_new_tokens: int = 256
     temperature: float = 1.0
+    # top_p < 1 / top_k > 0: the trainer's log-probs (pi_k, the update) are those of the same truncated distribution
     top_p: float = 1.0
     top_k: int = 0
     max_batch_size: int = 64  # sequences per generate() call
@@ -201,6 +202,19 @@ class RolloutConfig:
     is_correction: str = "none"
     is_cap: float = 2.0  # tis: weights above it are truncated to it; mis: tokens/sequences above it get weight 0
     is_level: str = "token"  # token | sequence (the product of the response's token ratios)
+    # rejection mask beside the IS weights (needs behaviour_logprobs=engine; combinable with is_correction):
+    # none | geo_mean (sequence: geometric mean of the token ratios) | icepop (token ratio), see algos/is_correction.py
+    mismatch_mask: str = "none"
+    # the band kept; null: the mask's default, geo_mean [1/1.001, 1.001] (verl), icepop [0.5, 5] (IcePop)
+    mismatch_mask_low: float | None = None
+    mismatch_mask_high: float | None = None
+    # one-step-off generation (rollout/pipeline.py): the next step's fresh responses are generated, by a snapshot of
+    # the weights this step's update starts from, while the update runs; they train one policy version late, corrected
+    # by the behaviour ratio as replayed rollouts are. Costs a float32 copy of the policy (the snapshot)
+    pipeline: bool = False
+    # policy versions a fresh response may lag behind (pipeline only): 1 overlaps generation with the update; 0 starts
+    # the job after the update (no overlap: the same run as without the pipeline, a check of the machinery)
+    max_staleness: int = 1
     # engine=vllm only
     gpu_memory_utilization: float = 0.3  # GPU share the vLLM engine may hold (weights + KV cache)
     tensor_parallel_size: int = 1
@@ -408,11 +422,14 @@ class Config:
         _check(ro.is_correction == "none" or ro.behaviour_logprobs == "engine", "rollout.is_correction",
                "corrects the engine's log-probs towards the trainer's: set rollout.behaviour_logprobs=engine")
         _check(ro.is_cap > 0, "rollout.is_cap", f"must be > 0, got {ro.is_cap}")
+        _check(0 <= ro.max_staleness <= 1, "rollout.max_staleness",
+               f"must be 0 or 1 (one-step-off is the deepest pipeline offered), got {ro.max_staleness}")
+        _check(not (ro.pipeline and ro.enable_sleep_mode), "rollout.enable_sleep_mode",
+               "rollout.pipeline=true generates while the trainer updates, so the vLLM engine cannot sleep meanwhile: "
+               "leave enable_sleep_mode unset (null) or false")
         _check(ro.is_level in ("token", "sequence"), "rollout.is_level",
                f"must be token or sequence, got {ro.is_level!r}")
-        _check(not (ro.engine == "vllm" and ro.behaviour_logprobs == "engine" and (ro.top_p < 1 or ro.top_k > 0)),
-               "rollout.top_p/top_k", "vLLM renormalises its log-probs over the top-p / top-k tokens, which the "
-               "trainer's do not: use top_p=1, top_k=0 with rollout.behaviour_logprobs=engine")
+        self._validate_mismatch_mask()
         _check(0 < ro.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization",
                f"must be in (0, 1], got {ro.gpu_memory_utilization}")
         _check(ro.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
@@ -453,6 +470,27 @@ class Config:
         _check(self.checkpoint.every >= 0 and self.checkpoint.keep >= 1, "checkpoint", "every >= 0 and keep >= 1")
         self._validate_names()
         return self
+
+    def _validate_mismatch_mask(self) -> None:
+        from remix_rft.algos.is_correction import MISMATCH_MASKS, mask_bounds
+
+        ro = self.rollout
+        _check(ro.mismatch_mask in MISMATCH_MASKS, "rollout.mismatch_mask",
+               f"must be {', '.join(MISMATCH_MASKS[:-1])} or {MISMATCH_MASKS[-1]}, got {ro.mismatch_mask!r}")
+        for key in ("mismatch_mask_low", "mismatch_mask_high"):
+            value = getattr(ro, key)
+            _check(value is None or (isinstance(value, (int, float)) and value > 0), f"rollout.{key}",
+                   f"must be > 0 or null, got {value!r}")
+        if ro.mismatch_mask == "none":
+            _check(ro.mismatch_mask_low is None and ro.mismatch_mask_high is None, "rollout.mismatch_mask",
+                   "mismatch_mask_low / _high are set but no mask is: set rollout.mismatch_mask=geo_mean or icepop")
+            return
+        _check(ro.behaviour_logprobs == "engine", "rollout.mismatch_mask",
+               "compares the engine's log-probs with the trainer's: set rollout.behaviour_logprobs=engine")
+        try:
+            mask_bounds(ro.mismatch_mask, ro.mismatch_mask_low, ro.mismatch_mask_high)
+        except ValueError as err:
+            raise ConfigError(f"config key 'rollout.mismatch_mask_low/high': {err}") from None
 
     def _validate_names(self) -> None:
         """Names looked up in registries and data-source options, checked here so a typo fails at start and not

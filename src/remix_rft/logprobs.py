@@ -12,11 +12,17 @@ Gradients (z = logits / T, p = softmax(z), t = the token, H = entropy):
   d log p_t / dz = onehot(t) - p
   d H / dz       = p * (E_p[z] - z)          with E_p[z] = logsumexp(z) - H
 and d/d logits = (d/dz) / T; the hidden states and the head weight get the usual matmul gradients.
+
+Sampling truncation (`Truncation`: the sampler's top-k / top-p): the distribution is the renormalised one over the
+kept set S = `truncation_keep_mask(z)`, p~ = softmax(z restricted to S). The same formulas hold with p -> p~ (0 off
+S) and logsumexp over S; S is piecewise constant in z, so it has no gradient of its own. A target outside S has
+log-prob -inf and no gradient. The sampler (rollout/hf.py) draws from the same mask of the same function.
 """
 
 from __future__ import annotations
 
 import types
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +72,46 @@ def run_head_in_float32(model: nn.Module) -> None:
     setattr(head, FLOAT32_HEAD_ATTR, True)
 
 
+@dataclass(frozen=True)
+class Truncation:
+    """The sampler's top-k / top-p truncation, applied to the trainer's temperature-scaled logits so that the
+    optimised policy is the distribution the samples were drawn from (README, Sampler/trainer mismatch)."""
+
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+
+
+def sampling_truncation(top_k: int, top_p: float) -> Truncation | None:
+    """The truncation of a sampler's settings; None when it cuts nothing, so the default path pays no sort."""
+    if top_k < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"top_k must be >= 0 and top_p in (0, 1], got top_k={top_k}, top_p={top_p}")
+    return Truncation(top_k, top_p) if (top_k > 0 or top_p < 1.0) else None
+
+
+@torch.no_grad()  # the kept set is piecewise constant: no gradient, and no graph over the sort
+def truncation_keep_mask(logits: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Bool mask of the tokens kept by top-k, then top-p over the top-k-renormalised distribution (the smallest
+    prefix of the sorted tokens holding probability >= top_p; the most likely token always stays).
+
+    Ties at a cut are all kept (a threshold on the value, not a position in the sort), so the sampler's [rows, V]
+    and the trainer's [chunk, V] calls decide alike whatever order a sort gives equal values."""
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    if 0 < top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        keep = logits >= kth_largest
+        logits = logits.masked_fill(~keep, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits = logits.sort(dim=-1, descending=True).values
+        probs = sorted_logits.softmax(dim=-1)
+        # exclusive prefix sums, so the mass before each token is monotone in float arithmetic too
+        mass_before = F.pad(probs.cumsum(dim=-1)[..., :-1], (1, 0))
+        del probs
+        kept_count = (mass_before < top_p).sum(dim=-1, keepdim=True).clamp_(min=1)
+        threshold = sorted_logits.gather(-1, kept_count - 1)
+        keep &= logits >= threshold
+    return keep
+
+
 def _compute_dtype(device: torch.device, fallback: torch.dtype) -> torch.dtype:
     """The dtype autocast would run a matmul in on `device` right now (fallback: the weights' dtype)."""
     if torch.is_autocast_enabled(device.type):
@@ -78,7 +124,8 @@ class ChunkedLogProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, temperature: float,
-                chunk_tokens: int, with_entropy: bool, float32_head: bool = False) -> tuple[Tensor, Tensor]:
+                chunk_tokens: int, with_entropy: bool, float32_head: bool = False,
+                truncation: Truncation | None = None) -> tuple[Tensor, Tensor]:
         compute_dtype = torch.float32 if float32_head else _compute_dtype(hidden.device, weight.dtype)
         weight_c = weight.to(compute_dtype)
         bias_c = None if bias is None else bias.to(compute_dtype)
@@ -90,22 +137,31 @@ class ChunkedLogProbs(torch.autograd.Function):
             for start in range(0, count, chunk_tokens):
                 end = min(start + chunk_tokens, count)
                 z = _scaled_logits(hidden[start:end], weight_c, bias_c, compute_dtype, temperature)
+                if truncation is not None:
+                    # off S: -inf, so logsumexp, the target's log-prob and exp() see the truncated distribution
+                    dropped = ~truncation_keep_mask(z, truncation.top_k, truncation.top_p)
+                    z.masked_fill_(dropped, float("-inf"))
                 lse = torch.logsumexp(z, dim=-1)
                 log_normaliser[start:end] = lse
                 logprobs[start:end] = z.gather(-1, targets[start:end, None]).squeeze(-1) - lse
                 if with_entropy:
                     z.sub_(lse[:, None])  # z <- log p; H = -sum p log p as a batched dot (no third [K, V] buffer)
-                    entropy[start:end] = -torch.bmm(z.exp().unsqueeze(1), z.unsqueeze(2)).flatten()
+                    probs = z.exp()
+                    if truncation is not None:
+                        z.masked_fill_(dropped, 0.0)  # p log p = 0 off S, not 0 * -inf
+                    entropy[start:end] = -torch.bmm(probs.unsqueeze(1), z.unsqueeze(2)).flatten()
+                    del probs
                 del z
-        ctx.save_for_backward(hidden, weight, bias, targets, log_normaliser, entropy)
-        ctx.settings = (temperature, chunk_tokens, with_entropy, compute_dtype)
+        ctx.save_for_backward(hidden, weight, bias, targets, log_normaliser, entropy,
+                              torch.isfinite(logprobs) if truncation is not None else None)
+        ctx.settings = (temperature, chunk_tokens, with_entropy, compute_dtype, truncation)
         ctx.mark_non_differentiable(log_normaliser)
         return logprobs, entropy
 
     @staticmethod
     def backward(ctx, grad_logprobs: Tensor, grad_entropy: Tensor):
-        hidden, weight, bias, targets, log_normaliser, entropy = ctx.saved_tensors
-        temperature, chunk_tokens, with_entropy, compute_dtype = ctx.settings
+        hidden, weight, bias, targets, log_normaliser, entropy, target_kept = ctx.saved_tensors
+        temperature, chunk_tokens, with_entropy, compute_dtype, truncation = ctx.settings
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         weight_c = weight.to(compute_dtype)
         bias_c = None if bias is None else bias.to(compute_dtype)
@@ -113,6 +169,8 @@ class ChunkedLogProbs(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if (need_bias and bias is not None) else None
         grad_logprobs = grad_logprobs.float()
+        if target_kept is not None:  # a target outside the truncation has log-prob -inf, a constant
+            grad_logprobs = torch.where(target_kept, grad_logprobs, 0.0)
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk_tokens):
                 end = min(start + chunk_tokens, hidden.shape[0])
@@ -120,6 +178,8 @@ class ChunkedLogProbs(torch.autograd.Function):
                 z = _scaled_logits(h_c, weight_c, bias_c, compute_dtype, temperature)
                 lse = log_normaliser[start:end, None]
                 probs = (z - lse).exp_()
+                if truncation is not None:  # z stays finite here, so grad_z below is finite x 0 off S
+                    probs.masked_fill_(~truncation_keep_mask(z, truncation.top_k, truncation.top_p), 0.0)
                 g_logp = grad_logprobs[start:end, None]
                 if with_entropy:
                     # dH/dz = p * (E[z] - z), E[z] = lse - H; together with -g_logp * p:
@@ -142,7 +202,7 @@ class ChunkedLogProbs(torch.autograd.Function):
                     grad_bias.add_(grad_logits.float().sum(dim=0))
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 def _scaled_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, compute_dtype: torch.dtype,
@@ -158,9 +218,12 @@ def _scaled_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, compute_
 
 
 def chunked_logprobs(hidden: Tensor, head: nn.Linear, targets: Tensor, temperature: float = 1.0,
-                     chunk_tokens: int = DEFAULT_CHUNK_TOKENS, with_entropy: bool = False
-                     ) -> tuple[Tensor, Tensor | None]:
-    """log softmax(head(hidden) / T)[target] and (optionally) the entropy per row of hidden [N, H], in float32."""
+                     chunk_tokens: int = DEFAULT_CHUNK_TOKENS, with_entropy: bool = False,
+                     truncation: Truncation | None = None) -> tuple[Tensor, Tensor | None]:
+    """log softmax(head(hidden) / T)[target] and (optionally) the entropy per row of hidden [N, H], in float32.
+
+    With `truncation`, of the top-k / top-p truncated distribution: -inf (no gradient) for a target outside it.
+    Each chunk then also sorts its [chunk, V] logits (about 4 more chunk x V buffers at the peak)."""
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     if hidden.shape[0] == 0:
@@ -168,5 +231,5 @@ def chunked_logprobs(hidden: Tensor, head: nn.Linear, targets: Tensor, temperatu
         return empty, (empty.clone() if with_entropy else None)
     logprobs, entropy = ChunkedLogProbs.apply(hidden, head.weight, head.bias, targets, float(temperature),
                                               int(chunk_tokens), bool(with_entropy),
-                                              bool(getattr(head, FLOAT32_HEAD_ATTR, False)))
+                                              bool(getattr(head, FLOAT32_HEAD_ATTR, False)), truncation)
     return logprobs, (entropy if with_entropy else None)

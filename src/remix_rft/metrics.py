@@ -90,10 +90,18 @@ def create_run_dir(config, run_dir: Path | None, dist) -> Path:
 
 # How a step metric measured on one rank's share combines over data-parallel ranks; a key in none of these is
 # the same on every rank (the schedule, counters, and what the actor and critic already reduced).
+# The sampler/trainer mismatch statistics (experience.mismatch_correction) come for all rows and by kind of row.
+_BY_KIND = ("", "fresh_", "replay_")
 SUM_METRICS = ("rollouts/step", "rollouts/replayed", "replay/groups", "tokens/step", "buffer/groups")
-MAX_METRICS = ("response_length/max", "logprob_mismatch/max")
-ROLLOUT_MEANS = ("reward/mean", "accuracy/train", "response_length/mean", "response_length/truncated_share")
-TOKEN_MEANS = ("entropy", "kl/base", "kl/precedent", "logprob_mismatch/mean", "logprob_mismatch/outside_clip_share")
+MAX_METRICS = ("response_length/max", "logprob_mismatch/max", *(f"is_correction/{k}raw_ratio_max" for k in _BY_KIND))
+MIN_METRICS = tuple(f"is_correction/{k}weight_min" for k in _BY_KIND)
+ROLLOUT_MEANS = ("reward/mean", "accuracy/train", "response_length/mean", "response_length/truncated_share",
+                 *(f"mismatch_mask/{k}sequence_share" for k in _BY_KIND))
+TOKEN_MEANS = ("entropy", "kl/base", "kl/precedent", "logprob_mismatch/mean", "logprob_mismatch/outside_clip_share",
+               *(f"is_correction/{k}{name}" for k in _BY_KIND for name in ("raw_ratio_mean", "weight_mean",
+                                                                             "capped_fraction")),
+               *(f"mismatch_mask/{k}token_share" for k in _BY_KIND),
+               *(f"truncation/{k}masked_share" for k in _BY_KIND))
 
 
 def reduce_over_ranks(record: dict[str, Any], dist, rollouts: int, tokens: float) -> dict[str, Any]:
@@ -114,6 +122,8 @@ def reduce_over_ranks(record: dict[str, Any], dist, rollouts: int, tokens: float
     products, weights = reduced[len(sums):len(sums) + len(weighted)], reduced[len(sums) + len(weighted):]
     out.update({k: (p / w if w else 0.0) for (k, _), p, w in zip(weighted, products, weights)})
     out.update(zip(maxima, dist.all_reduce([float(record[k]) for k in maxima], op="max")))
+    minima = [k for k in record if k in MIN_METRICS]
+    out.update(zip(minima, dist.all_reduce([float(record[k]) for k in minima], op="min")))
     memory = [k for k in record if k.startswith("memory/")]
     for rank, values in enumerate(dist.all_gather_object([record[k] for k in memory])):
         out.update({f"{k}/rank{rank}": v for k, v in zip(memory, values)})

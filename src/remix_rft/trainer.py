@@ -51,6 +51,7 @@ from remix_rft.reincarnation import ReincarnationMonitor
 from remix_rft.rewards import check_scores, reward_from_config
 from remix_rft.rewards.hacking import build_hacking_monitor
 from remix_rft.rollout import SamplingParams, build_engine, engine_options
+from remix_rft.rollout.pipeline import RolloutPipeline, copy_weights
 from remix_rft.schedule import StepPlan, build_schedule
 
 __all__ = ["Trainer", "run_training"]
@@ -102,6 +103,16 @@ class Trainer:
         self.actor = Actor(shard(policy), cfg, self.dist)
         self.engine = build_engine(cfg.rollout.engine, policy, self.tokenizer, **engine_options(cfg))
         self._engine_weights_step: int | None = 0  # the step whose weights the engine holds (built from step 0's)
+        # pipelined generation (rollout/pipeline.py): a plain float32 snapshot of the weights a job generates with
+        # (the HF engine samples it; with vLLM it gives the trainer's log-probs of what vLLM sampled)
+        self.pipeline = RolloutPipeline() if cfg.rollout.pipeline else None
+        self._snapshot = self._snapshot_engine = None
+        if self.pipeline is not None:
+            self._snapshot = load_model(cfg.model.name, dtype="float32").to(self.device).requires_grad_(False).eval()
+            if cfg.model.bf16 and cfg.model.lm_head_compute_dtype == "float32":
+                run_head_in_float32(self._snapshot)
+            self._snapshot_engine = build_engine("hf", self._snapshot, self.tokenizer, **engine_options(cfg)) \
+                if cfg.rollout.engine == "hf" else self.engine
         self.hacking = build_hacking_monitor(cfg.reward, self.reward, seed=cfg.train.seed)
         self.stop_reason: str | None = None  # set when the reward-hacking alarm ends the run
         # Ctrl-C (interrupt.py): stop at the next step boundary; under torchrun the launcher relays the terminal's signal
@@ -145,11 +156,14 @@ class Trainer:
         return TrainingState(state=self.state, actor=self.actor, critic=self.critic, references=self.references,
                              buffer=self.buffer, prompts=self.prompts, tokenizer=self.tokenizer, dist=self.dist,
                              hacking=self.hacking, base_model=self.config.model.name,
-                             components={"reincarnation": self.reincarnation} if self.reincarnation else {})
+                             components={name: component for name, component in
+                                         (("reincarnation", self.reincarnation), ("pipeline", self.pipeline))
+                                         if component is not None})
 
     def train_step(self, step: int) -> dict[str, Any]:
         plan = self.begin_step(step)
-        return self.learn(step, plan, self.generate(step, plan))
+        fresh = self._take_generated(step, plan) if self.pipeline is not None else None
+        return self.learn(step, plan, fresh if fresh is not None else self.generate(step, plan))
 
     def begin_step(self, step: int) -> StepPlan:
         """1. plan; reincarnate: the current policy becomes the KL base and training goes on-policy."""
@@ -161,10 +175,11 @@ class Trainer:
                               f"for {self.dist.world_size} ranks; each rank needs at least one prompt group")
         return plan
 
-    def generate(self, step: int, plan: StepPlan) -> FreshRollouts:
-        """2. fresh responses for this rank's share of the step's fresh prompts, scored."""
-        start, stop = self.dist.share(plan.fresh_prompts)
-        indices = self.prompts.next(plan.fresh_prompts)[start:stop]
+    def generate(self, step: int, plan: StepPlan, prompts: int | None = None) -> FreshRollouts:
+        """2. fresh responses for this rank's share of the step's fresh prompts (or of `prompts` of them), scored."""
+        count = plan.fresh_prompts if prompts is None else prompts
+        start, stop = self.dist.share(count)
+        indices = self.prompts.next(count)[start:stop]
         t0 = time.perf_counter()
         self._sync_engine()  # every rank: a sharded parameter is gathered one tensor at a time
         t_sync = time.perf_counter()
@@ -182,7 +197,8 @@ class Trainer:
         cfg, step_start, rollouts = self.config, time.perf_counter(), fresh.rollouts
         times = dict(fresh.times)
         self.buffer.evict(step)
-        fresh_groups = experience.make_groups(cfg, step, fresh.indices, self.prompts.examples, rollouts, fresh.scores)
+        fresh_groups = experience.make_groups(cfg, step, fresh.indices, self.prompts.examples, rollouts, fresh.scores,
+                                              fresh.versions, fresh.trainer_logprobs)
 
         # 3. replayed groups: whole prompt groups from the last `history_window` policies
         start, stop = self.dist.share(plan.replay_prompts)
@@ -206,6 +222,10 @@ class Trainer:
         # pi_{k-1} served this step's precedent log-probs (above); the lagged copy now takes pi_k for the next step
         self.references.advance_precedent(self.policy)
 
+        # one-step-off: step + 1's responses are generated, by the weights this update starts from, while it runs
+        if self.pipeline is not None and cfg.rollout.max_staleness >= 1:
+            self._launch_generation(step + 1)
+
         # 6. updates
         t0 = time.perf_counter()
         update_metrics = self.actor.update(batch, plan, step)
@@ -218,7 +238,9 @@ class Trainer:
             self.buffer.add(fresh_groups)
 
         self.state.finish_step(step, *self.dist.all_reduce([len(rollouts), sum(len(r.response_ids) for r in rollouts)]))
-        times["step"] = time.perf_counter() - step_start + sum(fresh.times.values())
+        # pipelined: generation overlapped an earlier step; this step waited `generation_wait` for it (in the sum)
+        overlapped = ("generation", "scoring", "weight_sync", "trainer_logprobs") if "generation_wait" in times else ()
+        times["step"] = time.perf_counter() - step_start + sum(v for k, v in fresh.times.items() if k not in overlapped)
 
         hacking = self.hacking.observe_step(step, [r.text for r in rollouts], fresh.examples, fresh.scores,
                                             [len(r.response_ids) for r in rollouts])
@@ -230,7 +252,59 @@ class Trainer:
                   **metrics.peak_memory_mb(self.device)}
         record = metrics.reduce_over_ranks(record, self.dist, len(rollouts), float(batch.tokens.response_mask.sum()))
         record["distributed/world_size"] = self.dist.world_size
+        if self.pipeline is not None:  # policy versions the fresh responses lag behind (0 synchronous, 1 pipelined)
+            lag, groups = self.dist.all_reduce([float(sum(step - g.version for g in fresh_groups)),
+                                                float(len(fresh_groups))])
+            record["rollouts/staleness"] = lag / max(groups, 1.0)
         return record
+
+    # ---------------------------------------------------------------------------------- pipelined generation
+    def _launch_generation(self, step: int) -> None:
+        """Draw step `step`'s prompts and generate them in the background with a snapshot of the current weights
+        (version = the next step to train: what synchronous generation at that point would tag them)."""
+        if step > self.config.train.steps:
+            return
+        version = self.state.step + 1
+        plan = self.schedule.plan(step)
+        start, stop = self.dist.share(plan.fresh_prompts)
+        indices = self.prompts.next(plan.fresh_prompts)[start:stop]
+        t0 = time.perf_counter()
+        stale = version != step  # the trainer's log-probs under these weights are needed at `step`
+        if self.config.rollout.engine == "hf" or stale:
+            copy_weights(self.policy, self._snapshot)  # every rank: a sharded parameter is gathered one at a time
+        if self.config.rollout.engine != "hf":
+            self._sync_engine()  # vLLM samples its own copy: the same weights
+        sync = time.perf_counter() - t0
+        self.pipeline.start(step, lambda: self._generation_job(step, version, indices, sync, stale))
+
+    def _generation_job(self, step: int, version: int, indices: list[int], sync: float, stale: bool) -> FreshRollouts:
+        """The background job: sample, score and (when stale) the snapshot's own log-probs of the sampled tokens."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        rollouts = self._snapshot_engine.generate([self.prompts.prompt(i) for i in indices],
+                                                  cfg.train.samples_per_prompt, self._sampling(step))
+        t1 = time.perf_counter()
+        examples = [self.prompts.examples[indices[r.prompt_index]] for r in rollouts]
+        scores = check_scores(self.reward, self.reward.score([r.text for r in rollouts], examples), examples)
+        t2 = time.perf_counter()
+        trainer_logprobs = experience.generating_logprobs(cfg, self._snapshot, rollouts, self.pad_id, self.device) \
+            if stale else None
+        times = {"weight_sync": sync, "generation": t1 - t0, "scoring": t2 - t1,
+                 "trainer_logprobs": time.perf_counter() - t2}
+        return FreshRollouts(indices, rollouts, examples, scores, times, [version] * len(indices), trainer_logprobs)
+
+    def _take_generated(self, step: int, plan: StepPlan) -> FreshRollouts | None:
+        """The responses generated ahead for `step`, topped up with fresh ones from the current weights when the plan
+        now asks for more prompts (an adaptive reincarnation decided after they were launched)."""
+        t0 = time.perf_counter()
+        fresh = self.pipeline.take(step)
+        if fresh is None:
+            return None
+        fresh.times["generation_wait"] = time.perf_counter() - t0
+        launched = sum(self.dist.all_reduce([float(len(fresh.indices))]))  # prompts drawn for the step, all ranks
+        if plan.fresh_prompts > launched:
+            fresh = fresh.extend(self.generate(step, plan, prompts=plan.fresh_prompts - int(launched)))
+        return fresh
 
     def _watch_reincarnation(self, step: int, plan: StepPlan, record: dict[str, Any]) -> None:
         """Adaptive reincarnation: rank 0's monitor reads the step's metrics; when a trigger fires, T moves to this
@@ -263,6 +337,8 @@ class Trainer:
 
     def evaluate(self, step: int):
         """Held-out evaluation on rank 0 (the other ranks lend it their parameter shards meanwhile)."""
+        if self.pipeline is not None:
+            self.pipeline.wait()  # the reward's graders and a vLLM engine serve one caller at a time
         self._sync_engine()  # an engine with its own weights (vLLM) evaluates the current policy
         with self.dist.gathered(self.policy):
             if not self.dist.is_main:
@@ -315,6 +391,8 @@ class Trainer:
                 break
             record = self.train_step(step)
             self._watch_reincarnation(step, self.schedule.plan(step), record)
+            if self.pipeline is not None and cfg.rollout.max_staleness == 0 and not self.stop_requested():
+                self._launch_generation(step + 1)  # after the update (and any reincarnation decision): no overlap
             self._log(record)
             alarm = self.dist.broadcast_object(self.hacking.alarm)  # rank 0's monitor decides for every rank
             if self.dist.is_main:
@@ -353,6 +431,11 @@ class Trainer:
 
     def close(self) -> None:
         # the metrics file, the audit grader's and the reward's verifier processes, a vLLM engine's memory
+        if self.pipeline is not None:
+            try:
+                self.pipeline.wait()  # a job still generating must not outlive the engine and the graders
+            except RuntimeError as error:
+                logger.warning("%s", error)
         for owner in (self.metrics, self.hacking, self.reward, self.engine):
             getattr(owner, "close", lambda: None)()
         self.dist.close()

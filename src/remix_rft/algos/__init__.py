@@ -3,7 +3,8 @@
 - core: masked reductions, `agg_loss`, the Mix-PPG clipped `policy_loss`, KL penalties and KL-Convex,
   the critic's `value_loss`, entropy, off-policy health statistics.
 - advantages: GRPO / Dr.GRPO group advantages, GAE, sequence-reward placement.
-- is_correction: truncated / masked importance weights for the sampler-trainer mismatch (TIS / MIS).
+- is_correction: truncated / masked importance weights for the sampler-trainer mismatch (TIS / MIS) and the
+  rejection masks beside them (geometric-mean sequence mask, IcePop token mask).
 - registry: name -> function registries for policy losses and advantage estimators.
 """
 
@@ -28,8 +29,13 @@ from remix_rft.algos.core import (
 from remix_rft.algos.is_correction import (
     IS_CORRECTIONS,
     IS_LEVELS,
+    MASK_DEFAULT_BOUNDS,
+    MISMATCH_MASKS,
     is_weight_statistics,
+    mask_bounds,
+    mask_statistics,
     mismatch_is_weights,
+    mismatch_mask,
     raw_is_weights,
 )
 from remix_rft.algos.registry import (
@@ -49,6 +55,8 @@ __all__ = [
     "AGG_MODES",
     "KL_KINDS",
     "LOG_RATIO_CLAMP",
+    "MASK_DEFAULT_BOUNDS",
+    "MISMATCH_MASKS",
     "POLICY_LOSSES",
     "UnknownNameError",
     "agg_loss",
@@ -62,10 +70,13 @@ __all__ = [
     "kl_convex",
     "kl_convex_weight",
     "kl_penalty",
+    "mask_bounds",
+    "mask_statistics",
     "masked_mean",
     "masked_sum",
     "masked_whiten",
     "mismatch_is_weights",
+    "mismatch_mask",
     "policy_loss",
     "ratio_statistics",
     "raw_is_weights",

@@ -14,14 +14,33 @@ the trainer's log-probs as the behaviour policy and each token's loss is multipl
 
 at the "token" level (w per token) or the "sequence" level (w = product over the response's tokens, the same
 weight for every token of the sequence). Log-ratios are clamped to [-20, 20] before `exp`.
+
+Beside the weights, a rejection mask (verl's rollout_rs, slime's rs_*: kept apart from the IS weighting and
+combinable with it) leaves outlying tokens or sequences out of the loss, keep = 1 or 0, with bounds [low, high]:
+
+  - "geo_mean": per response, g = exp(mean over its tokens of (log mu_trainer - log mu_engine)), the geometric
+    mean of the token ratios; the whole sequence is kept iff low <= g <= high. verl's "geometric" rejection
+    sampling (later versions: seq_mean_k1, the same test on the negated mean log-ratio); default [1/1.001,
+    1.001], verl's preset (decoupled_geo_rs): a mean per-token deviation of 0.1%, blind to response length
+    where the product of the "sequence" level grows with it.
+  - "icepop": per token, kept iff low <= w <= high, w = mu_trainer / mu_engine (IcePop, Ring-1T: "Small Leak Can
+    Sink a Great Ship"; its mask M(w) = w inside [alpha, beta], 0 outside, is this mask times the IS weight w, i.e.
+    with is_correction="mis" and cap = beta). Default [0.5, 5], IcePop's alpha and beta (also INTELLECT-3's).
+
+Bounds are compared in log space, so a -inf or NaN log-ratio drops its token (icepop) or sequence (geo_mean).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 IS_CORRECTIONS = ("none", "tis", "mis")
 IS_LEVELS = ("token", "sequence")
+MISMATCH_MASKS = ("none", "geo_mean", "icepop")
+# (low, high) of each mask when the config leaves them null; see the module doc for where they come from
+MASK_DEFAULT_BOUNDS = {"geo_mean": (1 / 1.001, 1.001), "icepop": (0.5, 5.0)}
 _LOG_RATIO_CLAMP = 20.0
 
 
@@ -86,4 +105,63 @@ def is_weight_statistics(raw: torch.Tensor, weights: torch.Tensor, mask: torch.T
         "weight_mean": float(applied.mean()),
         "weight_min": float(applied.min()),
         "capped_fraction": float((applied != raw).float().mean()),
+    }
+
+
+def mask_bounds(kind: str, low: float | None = None, high: float | None = None) -> tuple[float, float]:
+    """The [low, high] band of mask `kind`: the given bounds, each null one from MASK_DEFAULT_BOUNDS."""
+    if kind not in MASK_DEFAULT_BOUNDS:
+        raise ValueError(f"mask {kind!r} has no bounds; masks with bounds: {', '.join(MASK_DEFAULT_BOUNDS)}")
+    default_low, default_high = MASK_DEFAULT_BOUNDS[kind]
+    low = default_low if low is None else float(low)
+    high = default_high if high is None else float(high)
+    if not 0 < low <= 1 <= high:
+        # a band without 1 would drop tokens on which the two engines agree exactly
+        raise ValueError(f"{kind} bounds must satisfy 0 < low <= 1 <= high, got low={low}, high={high}")
+    return low, high
+
+
+def mismatch_mask(
+    trainer_logp: torch.Tensor,
+    sampler_logp: torch.Tensor,
+    mask: torch.Tensor,
+    kind: str = "geo_mean",
+    low: float | None = None,
+    high: float | None = None,
+) -> torch.Tensor:
+    """Detached keep-mask [B, T] (1.0 kept, 0.0 dropped, 0.0 off `mask`) of rejection mask `kind` (module doc).
+
+    `low` / `high` bound the geometric-mean ratio (geo_mean) or the token ratio (icepop); None: the mask's default.
+    """
+    if kind not in MISMATCH_MASKS:
+        raise ValueError(f"unknown mismatch mask {kind!r}; allowed: {', '.join(MISMATCH_MASKS)}")
+    if trainer_logp.shape != sampler_logp.shape or trainer_logp.shape != mask.shape:
+        raise ValueError(
+            f"shape mismatch: trainer_logp {tuple(trainer_logp.shape)}, sampler_logp "
+            f"{tuple(sampler_logp.shape)}, mask {tuple(mask.shape)}"
+        )
+    valid = mask > 0
+    if kind == "none":
+        return valid.float()
+    low, high = mask_bounds(kind, low, high)
+    # torch.where, not a product with the mask: padding may hold inf/NaN
+    log_ratio = torch.where(valid, trainer_logp.detach().float() - sampler_logp.detach().float(), 0.0)
+    if kind == "geo_mean":
+        count = valid.sum(dim=-1, keepdim=True).clamp(min=1)
+        log_ratio = (log_ratio.sum(dim=-1, keepdim=True) / count).expand_as(log_ratio)
+    keep = (log_ratio >= math.log(low)) & (log_ratio <= math.log(high)) & valid
+    return keep.float()
+
+
+def mask_statistics(keep: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """What a mask removed: the share of response tokens it dropped and the share of responses it dropped at
+    least one token of (verl's seq_masked_fraction; for geo_mean, the responses dropped whole)."""
+    valid = mask > 0
+    if not bool(valid.any()):
+        return {}
+    dropped = valid & (keep <= 0)
+    responses = valid.any(dim=-1)
+    return {
+        "token_share": float(dropped.sum() / valid.sum()),
+        "sequence_share": float(dropped.any(dim=-1)[responses].float().mean()),
     }

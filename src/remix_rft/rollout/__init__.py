@@ -39,7 +39,9 @@ def engine_options(config: Config) -> dict[str, Any]:
     if ro.engine == "vllm":
         options.update(
             gpu_memory_utilization=ro.gpu_memory_utilization, tensor_parallel_size=ro.tensor_parallel_size,
-            max_model_len=ro.max_model_len, seed=config.train.seed, enable_sleep_mode=ro.enable_sleep_mode,
+            max_model_len=ro.max_model_len, seed=config.train.seed,
+            # pipelined: the engine generates while the trainer updates, so it never sleeps
+            enable_sleep_mode=False if ro.pipeline else ro.enable_sleep_mode,
             dtype=ro.dtype or ("bfloat16" if config.model.bf16 else None),  # the compute dtype, not fp32 masters
             kv_cache_memory_bytes=int(ro.kv_cache_gb * 2**30) if ro.kv_cache_gb else None,
         )

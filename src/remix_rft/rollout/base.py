@@ -34,9 +34,10 @@ class SamplingParams:
 class Rollout:
     """One sampled response.
 
-    `logprobs[i]` is the behaviour log-prob of `response_ids[i]`: log_softmax(logits / temperature), i.e. with
-    temperature applied but without the top-p / top-k truncation (as verl does). The trainer's teacher-forced
-    log-probs use the same definition, so for the generating policy they agree to float precision.
+    `logprobs[i]` is the behaviour log-prob of `response_ids[i]` under the distribution it was drawn from:
+    log_softmax(logits / temperature) over the top-k / top-p kept tokens, renormalised (as vLLM's processed
+    log-probs). The trainer's teacher-forced log-probs use the same definition (batching.token_logprobs with the
+    sampler's truncation), so for the generating policy they agree to float precision.
     """
 
     prompt_index: int  # index into the prompts passed to generate()

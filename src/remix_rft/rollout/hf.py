@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..logprobs import truncation_keep_mask
 from ..models import autocast_context
 from .base import Rollout, SamplingParams
 
@@ -54,18 +55,12 @@ def prompt_token_ids(
 
 
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set to -inf the logits outside the top-k and outside the smallest set holding probability >= top_p."""
-    if 0 < top_k < logits.shape[-1]:
-        kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, sorted_index = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs
-        drop_sorted = mass_before >= top_p  # the most likely token always survives (mass before it is 0)
-        drop = drop_sorted.scatter(-1, sorted_index, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+    """Set to -inf the logits outside the top-k and outside the smallest set holding probability >= top_p.
+
+    The kept set is `logprobs.truncation_keep_mask`'s, the one the trainer's log-probs are computed over."""
+    if not (0 < top_k < logits.shape[-1] or top_p < 1.0):
+        return logits
+    return logits.masked_fill(~truncation_keep_mask(logits, top_k, top_p), float("-inf"))
 
 
 def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -187,12 +182,13 @@ class HFRolloutEngine:
         )
         for step in range(sampling.max_new_tokens):
             logits = outputs.logits[:, -1, :].float() / temperature
-            logprobs = torch.log_softmax(logits, dim=-1)
             if sampling.greedy:
                 tokens = logits.argmax(dim=-1)
             else:
-                filtered = filter_top_k_top_p(logits, sampling.top_k, sampling.top_p)
-                tokens = torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+                # the behaviour log-probs are those of the distribution drawn from: truncated and renormalised
+                logits = filter_top_k_top_p(logits, sampling.top_k, sampling.top_p)
+                tokens = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+            logprobs = torch.log_softmax(logits, dim=-1)
             # Rows that already stopped keep sampling (batched) but their tokens are dropped below.
             step_tokens.append(tokens)
             step_logprobs.append(logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))

@@ -10,8 +10,8 @@
   freed) so the trainer has the memory; `update_weights` wakes the weights, pushes, and `generate` wakes the KV
   cache, generates and goes back to sleep. Weights are never reloaded from disk after a push.
 - Behaviour log-probs: ``logprobs_mode="processed_logprobs"`` returns log_softmax(logits / temperature) of the
-  sampled token; with top_p < 1 / top_k > 0 vLLM renormalises over the kept tokens, unlike the trainer (which
-  applies only the temperature), so the config refuses top-p / top-k with `rollout.behaviour_logprobs=engine`.
+  sampled token, renormalised over the kept tokens with top_p < 1 / top_k > 0: the distribution the trainer's
+  log-probs are computed over too (batching.token_logprobs with the sampler's truncation).
 - Seeds: ``seed + rank`` per rank (rank from torch.distributed when initialised), and every request carries the
   step's seed + rank + its row, so two ranks never draw the same samples.
 
