@@ -57,6 +57,21 @@ class RunSummary:
         # a small tolerance: 0.5 logged as 0.49999999 from 150/300 still reaches 50%
         return next((rollouts for rollouts, acc in self.accuracy_curve() if acc >= target - 1e-9), None)
 
+    def seconds_to(self, target: float) -> float | None:
+        """Training wall-clock (the steps' `time/step`, evaluations left out) up to the first evaluation at or above
+        `target`: the cost in time beside the cost in rollouts."""
+        step = next((int(e["step"]) for e in self.evals if float(e["eval/average/pass@1"]) >= target - 1e-9), None)
+        if step is None:
+            return None
+        return sum(float(r.get("time/step") or 0.0) for r in self.train if int(r["step"]) <= step)
+
+    def reincarnation(self) -> str:
+        """Where the run went back on-policy: "step N", with the trigger when an adaptive one fired."""
+        event = next((e for e in self.events if e.get("event") == "reincarnation"), None)
+        if event is None:
+            return "-"
+        return f"{event['step']}" + (f" ({event['trigger']})" if event.get("trigger") else "")
+
     def mean(self, key: str, phase: str | None = None) -> float | None:
         values = [r[key] for r in self.train
                   if r.get(key) is not None and (phase is None or r.get("phase") == phase)]
@@ -190,7 +205,8 @@ def main_table(summaries: list[RunSummary], budgets: list[int], targets: list[fl
                 for s in summaries}
     show_gpu = any(v > 0 for v in peak_gpu.values())
     header = ["run", *(["seed"] if with_seed else []), "rollouts", *[f"acc @ {b}" for b in budgets],
-              *[f"rollouts to {_target_name(t)}" for t in targets], "acc before", "final acc", "95% CI",
+              *[f"rollouts to {_target_name(t)}" for t in targets], *[f"train s to {_target_name(t)}" for t in targets],
+              "reincarnated at step", "acc before", "final acc", "95% CI",
               *(["self-reflection (first -> last eval)"] if self_reflection else []), "s / step", "total s",
               "peak RSS (GB)", *(["peak GPU (GB)"] if show_gpu else [])]
     rows = []
@@ -205,7 +221,8 @@ def main_table(summaries: list[RunSummary], budgets: list[int], targets: list[fl
         rows.append([label, *([str(s.spec.seed)] if with_seed else []), str(curve[-1][0] if curve else "-"),
                      *[_pct(s.accuracy_at(b)) for b in budgets],
                      *["not reached" if r is None else str(r) for r in reached],
-                     _pct(curve[0][1] if curve else None), _pct(curve[-1][1] if curve else None),
+                     *["-" if (sec := s.seconds_to(t)) is None else _num(sec, 0) for t in targets],
+                     s.reincarnation(), _pct(curve[0][1] if curve else None), _pct(curve[-1][1] if curve else None),
                      interval_text(s), *([reflection] if self_reflection else []), _num(s.mean("time/step")), total,
                      _num(peak, 2), *([_num(peak_gpu[id(s)], 1)] if show_gpu else [])])
     return markdown_table(header, rows)

@@ -86,7 +86,7 @@ def test_preset_errors_name_the_file_and_key(efficiency, tmp_path):
     bad.write_text(cpu.replace("group: main, engine: trl", "group: baselines, engine: trl"))
     with pytest.raises(efficiency.PresetError, match=r"runs\[4\]: group 'baselines' is not under 'groups'"):
         efficiency.load_preset(str(bad))
-    with pytest.raises(efficiency.PresetError, match="built-in presets: \\['cpu', 'gpu'\\]"):
+    with pytest.raises(efficiency.PresetError, match=r"built-in presets: \['cpu', 'cpu-reincarnation', 'gpu'\]"):
         efficiency.load_preset("tpu")
 
 
@@ -100,6 +100,21 @@ def test_budget_and_target_arithmetic(efficiency):
     assert summary.accuracy_at(192) == 0.20
     assert summary.rollouts_to(0.15) == 192
     assert summary.rollouts_to(0.5) is None
+
+
+def test_seconds_to_target_and_the_reincarnation_step(efficiency):
+    summary = efficiency.RunSummary(
+        efficiency.RunSpec("x", [], "main"),
+        evals=[{"step": 0, "rollouts/total": 0, "eval/average/pass@1": 0.10},
+               {"step": 2, "rollouts/total": 48, "eval/average/pass@1": 0.12},
+               {"step": 4, "rollouts/total": 96, "eval/average/pass@1": 0.20}],
+        train=[{"step": step, "time/step": seconds} for step, seconds in [(1, 10.0), (2, 11.0), (3, 12.5), (4, 9.5)]],
+        events=[{"event": "reincarnation", "step": 3, "trigger": "ess"}])
+    assert summary.seconds_to(0.12) == 21.0  # steps 1-2; evaluations are not training time
+    assert summary.seconds_to(0.15) == 43.0 and summary.seconds_to(0.5) is None
+    assert summary.reincarnation() == "3 (ess)"
+    summary.events = [{"event": "reincarnation", "step": 9}]
+    assert summary.reincarnation() == "9"
 
 
 def test_wilson_interval_by_hand(efficiency):
