@@ -173,3 +173,21 @@ def test_an_adaptive_reincarnation_tops_up_the_responses_generated_ahead(tmp_pat
     prompts, group = config.train.prompts_per_step, config.train.samples_per_prompt
     assert train[2]["rollouts/step"] == prompts * group  # 2 prompts generated ahead + 2 generated at step 3
     assert train[2]["rollouts/staleness"] == 0.5
+
+
+def test_a_lora_policy_reaches_the_snapshot_merged():
+    from remix_rft import lora
+
+    policy, snapshot = load_model("tiny-random", dtype="float32"), load_model("tiny-random", dtype="float32")
+    lora.inject(policy, 4, 8.0, 0.0, "all-linear")
+    with torch.no_grad():  # B starts at zero (the identity): move the adapters so the merge matters
+        for name, p in policy.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.2)
+    copy_weights(policy, snapshot)
+    ids = torch.tensor([[5, 9, 3, 7, 2]])
+    with torch.no_grad():
+        adapted, merged = policy(input_ids=ids).logits, snapshot(input_ids=ids).logits
+        plain = load_model("tiny-random", dtype="float32")(input_ids=ids).logits
+    assert not torch.allclose(adapted, plain, atol=1e-3)
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
