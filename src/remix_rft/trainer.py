@@ -9,6 +9,9 @@ One training step (`Trainer.train_step`), top to bottom:
   6. `updates_per_batch` passes of minibatch updates on the METHOD.md objective; critic updates (PPO)
   7. push the fresh groups to the buffer; the lagged policy now holds pi_k for the next step's precedent KL
 With ReMix disabled the same code runs with p = 0, one update pass and no reincarnation: plain GRPO / PPO.
+`remix.reincarnate_at=auto`: after each mix step the reincarnation monitor (reincarnation.py) may move T to it.
+`rollout.pipeline`: step 2 happens early, in a background job started before step 6 of the previous step with a
+snapshot of pi_k (rollout/pipeline.py); its responses are one version old and carry that snapshot's log-probs.
 Under torchrun each rank takes a contiguous share of the step's prompt groups (generates, scores and replays its
 own), the models are FSDP2-sharded and the update is the one of the global batch (see `distributed`, `updates`).
 
