@@ -109,13 +109,15 @@ class Trainer:
         # pipelined generation (rollout/pipeline.py): a plain float32 snapshot of the weights a job generates with
         # (the HF engine samples it; with vLLM it gives the trainer's log-probs of what vLLM sampled)
         self.pipeline = RolloutPipeline() if cfg.rollout.pipeline else None
-        self._snapshot = self._snapshot_engine = None
-        if self.pipeline is not None:
+        self._snapshot = None
+        self._generation_engine = self.engine  # what a pipelined job samples with: vLLM its own copy of the weights
+        # vLLM without staleness samples its own weights and needs no trainer log-probs of older ones
+        if self.pipeline is not None and (cfg.rollout.engine == "hf" or cfg.rollout.max_staleness >= 1):
             self._snapshot = load_model(cfg.model.name, dtype="float32").to(self.device).requires_grad_(False).eval()
             if cfg.model.bf16 and cfg.model.lm_head_compute_dtype == "float32":
                 run_head_in_float32(self._snapshot)
-            self._snapshot_engine = build_engine("hf", self._snapshot, self.tokenizer, **engine_options(cfg)) \
-                if cfg.rollout.engine == "hf" else self.engine
+            if cfg.rollout.engine == "hf":
+                self._generation_engine = build_engine("hf", self._snapshot, self.tokenizer, **engine_options(cfg))
         self.hacking = build_hacking_monitor(cfg.reward, self.reward, seed=cfg.train.seed)
         self.stop_reason: str | None = None  # set when the reward-hacking alarm ends the run
         # Ctrl-C (interrupt.py): stop at the next step boundary; under torchrun the launcher relays the terminal's signal
@@ -284,8 +286,8 @@ class Trainer:
         """The background job: sample, score and (when stale) the snapshot's own log-probs of the sampled tokens."""
         cfg = self.config
         t0 = time.perf_counter()
-        rollouts = self._snapshot_engine.generate([self.prompts.prompt(i) for i in indices],
-                                                  cfg.train.samples_per_prompt, self._sampling(step))
+        rollouts = self._generation_engine.generate([self.prompts.prompt(i) for i in indices],
+                                                    cfg.train.samples_per_prompt, self._sampling(step))
         t1 = time.perf_counter()
         examples = [self.prompts.examples[indices[r.prompt_index]] for r in rollouts]
         scores = check_scores(self.reward, self.reward.score([r.text for r in rollouts], examples), examples)
