@@ -18,7 +18,7 @@ from remix_rft.rollout.pipeline import RolloutPipeline, copy_weights
 from remix_rft.trainer import Trainer, run_training
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_trainer import PRECISIONS, _comparable, read_lines, tiny_config  # noqa: E402
+from test_trainer import PRECISIONS, _comparable, read_lines, straight_and_resumed, tiny_config  # noqa: E402
 
 REMIX = ["remix.offpolicy_fraction=0.5", "remix.reincarnate_at=2", "remix.kl_convex_start=0",
          "remix.kl_convex_interval=1", "eval.before_training=false", "eval.after_training=false"]
@@ -140,19 +140,7 @@ def test_staleness_1_trains_on_the_previous_weights_responses(tmp_path, varied):
 
 def test_resume_with_a_job_in_flight_is_exact(tmp_path, varied):
     overrides = ["train.steps=4", "checkpoint.every=2", *REMIX, "rollout.pipeline=true", varied]
-    straight = run_training(tiny_config(tmp_path / "a", "remix-grpo", *overrides))
-
-    class Crash(RuntimeError):
-        pass
-
-    def crash_after_step_3(trainer, record):
-        if record["step"] == 3:
-            raise Crash("simulated kill after step 3")
-
-    config = tiny_config(tmp_path / "b", "remix-grpo", *overrides)
-    with pytest.raises(Crash):
-        run_training(config, on_step_end=crash_after_step_3)
-    resumed = run_training(config, resume=tmp_path / "b" / "run")
+    straight, resumed = straight_and_resumed(tmp_path, overrides)
     a, b = read_lines(straight.run_dir, "train"), read_lines(resumed.run_dir, "train")
     assert [line["rollouts/staleness"] for line in a] == [0.0, 1.0, 1.0, 1.0]
     assert _comparable(a) == _comparable(b)

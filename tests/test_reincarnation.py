@@ -15,7 +15,7 @@ from remix_rft.schedule import build_schedule
 from remix_rft.trainer import run_training
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_trainer import _comparable, read_lines, tiny_config  # noqa: E402
+from test_trainer import _comparable, read_lines, straight_and_resumed, tiny_config  # noqa: E402
 
 OFF = dict(ess_below=None, length_drop_above=None, kl_precedent_above=None, plateau_steps=None)
 
@@ -148,19 +148,7 @@ def test_trainer_reincarnates_when_a_trigger_fires(tmp_path):
 def test_resume_repeats_the_decision_of_the_uninterrupted_run(tmp_path):
     overrides = _auto("train.steps=5", "checkpoint.every=2", "remix.auto_reincarnation.min_step=1",
                       "remix.auto_reincarnation.plateau_steps=2")  # fires at step 3, after the step-2 checkpoint
-    straight = run_training(tiny_config(tmp_path / "a", "remix-grpo", *overrides))
-
-    class Crash(RuntimeError):
-        pass
-
-    def crash_after_step_3(trainer, record):
-        if record["step"] == 3:
-            raise Crash("simulated kill after step 3")
-
-    config = tiny_config(tmp_path / "b", "remix-grpo", *overrides)
-    with pytest.raises(Crash):
-        run_training(config, on_step_end=crash_after_step_3)
-    resumed = run_training(config, resume=tmp_path / "b" / "run")
+    straight, resumed = straight_and_resumed(tmp_path, overrides)
     a, b = read_lines(straight.run_dir, "train"), read_lines(resumed.run_dir, "train")
     assert [line["phase"] for line in a] == ["mix"] * 3 + ["on-policy"] * 2
     assert _comparable(a) == _comparable(b)

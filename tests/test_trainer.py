@@ -98,6 +98,25 @@ def _comparable(lines: list[dict]) -> list[dict]:
     return [{k: v for k, v in line.items() if not k.startswith(("time/", "memory/", "perf/"))} for line in lines]
 
 
+def straight_and_resumed(tmp_path: Path, overrides: list[str], crash_after: int = 3):
+    """The same remix-grpo run twice: uninterrupted (under tmp_path/a), and killed after step `crash_after` (its
+    metrics logged, its checkpoint not written) then resumed (under tmp_path/b). Returns both trainers."""
+    straight = run_training(tiny_config(tmp_path / "a", "remix-grpo", *overrides))
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash(trainer, record):
+        if record["step"] == crash_after:
+            raise Crash(f"simulated kill after step {crash_after}")
+
+    config = tiny_config(tmp_path / "b", "remix-grpo", *overrides)
+    with pytest.raises(Crash):
+        run_training(config, on_step_end=crash)
+    assert len(read_lines(tmp_path / "b" / "run", "train")) == crash_after
+    return straight, run_training(config, resume=tmp_path / "b" / "run")
+
+
 @pytest.mark.parametrize("dtype", PRECISIONS)
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, dtype):
     """Resume is exact in either precision: bf16 autocast on CPU is deterministic for the same inputs."""
@@ -105,21 +124,8 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, dtype):
                  "remix.reincarnate_at=2",
                  "remix.kl_convex_start=0", "remix.kl_convex_interval=1", "eval.before_training=false",
                  "eval.after_training=false"]
-    straight = run_training(tiny_config(tmp_path / "a", "remix-grpo", *overrides))
-
-    class Crash(RuntimeError):
-        pass
-
-    def crash_after_step_3(trainer, record):
-        if record["step"] == 3:
-            raise Crash("simulated kill after step 3 (its metrics are logged, its checkpoint is not)")
-
-    config = tiny_config(tmp_path / "b", "remix-grpo", *overrides)
-    with pytest.raises(Crash):
-        run_training(config, on_step_end=crash_after_step_3)
-    run_dir = tmp_path / "b" / "run"
-    assert len(read_lines(run_dir, "train")) == 3
-    resumed = run_training(config, resume=run_dir)
+    straight, resumed = straight_and_resumed(tmp_path, overrides)
+    run_dir = resumed.run_dir
     assert resumed.state.step == 4
     a, b = read_lines(straight.run_dir, "train"), read_lines(run_dir, "train")
     assert [line["step"] for line in b] == [1, 2, 3, 4]
