@@ -31,11 +31,24 @@ REPO = Path(__file__).resolve().parent.parent
 
 def slope(xs: list[float], ys: list[float]) -> float:
     """Least-squares slope of ys against xs (NaN with fewer than two points)."""
-    if len(xs) < 2:
-        return float("nan")
-    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    return slope_fit(xs, ys)[0]
+
+
+def slope_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares slope of ys against xs and its standard error (NaN where undefined): RSS swings from step to
+    step with the responses' lengths, so a slope means something only next to its error."""
+    n = len(xs)
+    if n < 2:
+        return float("nan"), float("nan")
+    mean_x, mean_y = sum(xs) / n, sum(ys) / n
     var = sum((x - mean_x) ** 2 for x in xs)
-    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var if var else float("nan")
+    if not var:
+        return float("nan"), float("nan")
+    b = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var
+    if n < 3:
+        return b, float("nan")
+    residual = sum((y - mean_y - b * (x - mean_x)) ** 2 for x, y in zip(xs, ys))
+    return b, (residual / (n - 2) / var) ** 0.5
 
 
 def default_warmup(steps: int, reincarnate_at: int | None) -> int:
@@ -44,14 +57,17 @@ def default_warmup(steps: int, reincarnate_at: int | None) -> int:
     return min(warm, steps // 2)
 
 
-def run_cli(config: str, overrides: list[str]) -> tuple[list[dict], float, str]:
-    """`remix-rft train --config CONFIG OVERRIDES` in its own process, run dir in a temp folder: every metrics
-    line, the wall seconds and the process's stderr (its log)."""
+def run_cli(config: str, overrides: list[str], keep: Path | None = None,
+            name: str = "job") -> tuple[list[dict], float, str]:
+    """`remix-rft train --config CONFIG OVERRIDES` in its own process, run dir in a temp folder (or under `keep`,
+    where its metrics can be read while it runs and stay afterwards): every metrics line, the wall seconds and the
+    process's stderr (its log)."""
     from remix_rft.metrics import read_metrics
 
     with tempfile.TemporaryDirectory() as tmp:
+        out = str(keep) if keep is not None else tmp
         args = ["--config", config, "logging.progress=false", "logging.tensorboard=false",
-                f"logging.output_dir={tmp}", "logging.run_name=job", *overrides]
+                f"logging.output_dir={out}", f"logging.run_name={name}", *overrides]
         env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "remix_rft.cli", "train", *args], env=env,
@@ -60,22 +76,22 @@ def run_cli(config: str, overrides: list[str]) -> tuple[list[dict], float, str]:
         if done.returncode != 0:
             sys.exit(f"remix-rft train --config {config} {' '.join(overrides)} failed (exit {done.returncode}):\n"
                      f"{done.stderr[-3000:]}")
-        return read_metrics(Path(tmp) / "job" / "metrics.jsonl"), seconds, done.stderr
+        return read_metrics(Path(out) / name / "metrics.jsonl"), seconds, done.stderr
 
 
-def run_job(overrides: list[str]) -> tuple[list[dict], float, str]:
+def run_job(overrides: list[str], keep: Path | None = None, name: str = "job") -> tuple[list[dict], float, str]:
     """The quickstart job with evaluation and checkpoints off: its train lines, wall seconds and host allocator."""
     lines, seconds, log = run_cli("quickstart", ["eval.before_training=false", "eval.after_training=false",
                                                  "eval.every=0", "checkpoint.every=0", "checkpoint.save_final=false",
-                                                 *overrides])
+                                                 *overrides], keep, name)
     allocator = re.search(r"host memory allocator: (\w+)", log)
     return [line for line in lines if line["type"] == "train"], seconds, allocator.group(1) if allocator else "?"
 
 
-def run_soak(model: str, dtype: str, steps: int, overrides: list[str]) -> dict:
+def run_soak(model: str, dtype: str, steps: int, overrides: list[str], keep: Path | None = None) -> dict:
     """One soak run: its per-step RSS, peak, wall time and allocator."""
     train, seconds, allocator = run_job([f"model.name={model}", f"model.dtype={dtype}", f"train.steps={steps}",
-                                         *overrides])
+                                         *overrides], keep, f"soak-{dtype}")
     return {"steps": [line["step"] for line in train], "rss": [line["memory/rss_mb"] for line in train],
             "peak": max(line["memory/peak_rss_mb"] for line in train), "seconds": seconds,
             "step_seconds": sum(line["time/step"] for line in train) / len(train), "allocator": allocator}
@@ -89,6 +105,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None,
                         help="steps left out of the slope (default: through reincarnation + 2, at least 5)")
     parser.add_argument("--overrides", nargs="*", default=[], help="more key=value overrides of the quickstart job")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep each run's directory (soak-<dtype>/metrics.jsonl) here, readable while it runs")
     args = parser.parse_args()
 
     from remix_rft.config import load_config
@@ -100,17 +118,17 @@ def main() -> None:
           f"CPU {cpu_model_name()} ({os.cpu_count()} cores, native bf16: {native_cpu_bf16()})", flush=True)
     results = {}
     for dtype in args.dtypes:
-        results[dtype] = result = run_soak(args.model, dtype, args.steps, args.overrides)
+        results[dtype] = result = run_soak(args.model, dtype, args.steps, args.overrides, args.keep)
         print(f"{dtype}: RSS MiB per step: " + " ".join(f"{r:.0f}" for r in result["rss"]), flush=True)
     header = (f"{'model.dtype':<12} {'allocator':<9} {'s/step':>7} {'RSS@1':>7} {f'RSS@{warmup}':>8} "
-              f"{'RSS@last':>9} {'peak RSS':>9} {'slope MiB/step':>15}")
+              f"{'RSS@last':>9} {'peak RSS':>9} {'slope MiB/step':>15} {'std. error':>10}")
     print("\n" + header + "\n" + "-" * len(header))
     for dtype, r in results.items():
         after = [(s, v) for s, v in zip(r["steps"], r["rss"]) if s > warmup]
-        fit = slope([s for s, _ in after], [v for _, v in after])
+        fit, error = slope_fit([s for s, _ in after], [v for _, v in after])
         at_warmup = r["rss"][min(warmup, len(r["rss"])) - 1]
         print(f"{dtype:<12} {r['allocator']:<9} {r['step_seconds']:>7.1f} {r['rss'][0]:>7.0f} {at_warmup:>8.0f} "
-              f"{r['rss'][-1]:>9.0f} {r['peak']:>9.0f} {fit:>15.2f}")
+              f"{r['rss'][-1]:>9.0f} {r['peak']:>9.0f} {fit:>15.2f} {error:>10.2f}")
 
 
 if __name__ == "__main__":

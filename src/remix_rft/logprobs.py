@@ -188,7 +188,8 @@ class ChunkedLogProbs(torch.autograd.Function):
                     grad_z.mul_(probs)
                 else:
                     grad_z = probs.mul_(-g_logp)
-                del probs
+                # free the [chunk, V] buffers before the matmuls: grad_z aliases z or probs, never both
+                del probs, z
                 grad_z.scatter_add_(-1, targets[start:end, None], g_logp)
                 if temperature != 1.0:
                     grad_z.div_(temperature)
@@ -197,7 +198,8 @@ class ChunkedLogProbs(torch.autograd.Function):
                 if grad_hidden is not None:
                     grad_hidden[start:end] = (grad_logits @ weight_c).to(hidden.dtype)
                 if grad_weight is not None:
-                    grad_weight.add_((grad_logits.t() @ h_c).float())
+                    # add_ upcasts a bf16 product element by element: no float32 [V, H] temporary
+                    grad_weight.add_(grad_logits.t() @ h_c)
                 if grad_bias is not None:
                     grad_bias.add_(grad_logits.float().sum(dim=0))
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
