@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from remix_rft.rollout.vllm import iter_full_tensors
+from remix_rft.rollout.weights import iter_full_tensors
 
 MAX_STALENESS = 1  # one-step-off: one job in flight at a time
 

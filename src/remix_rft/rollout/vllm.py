@@ -22,17 +22,17 @@ or the ``vllm`` extra on GPU machines. See README "vLLM rollouts".
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from remix_rft import lora
 from remix_rft.errors import MissingPackageError
 
 from .base import Rollout, SamplingParams
 from .hf import _eos_token_ids, prompt_token_ids
+from .weights import iter_full_tensors
 
 # the engine core must live in this process for the weight push to reach its model
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -48,23 +48,6 @@ def distributed_rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
     return 0
-
-
-def iter_full_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, full tensor) of every parameter, one at a time, in checkpoint naming.
-
-    A sharded tensor (DTensor, as FSDP2 holds them) is gathered alone, so at most one full tensor exists at once.
-    Tied weights appear once, under their first name (as the HF checkpoint stores them). A LoRA policy is sent
-    merged, under the base model's names (the engine holds the plain model; see lora.py).
-    """
-    if lora.has_adapters(model):
-        yield from lora.merged_named_tensors(model)
-        return
-    for name, parameter in model.named_parameters(remove_duplicate=True):
-        tensor = parameter.detach()
-        if hasattr(tensor, "full_tensor"):
-            tensor = tensor.full_tensor()
-        yield name, tensor
 
 
 def _checkpoint_path(model: PreTrainedModel) -> str:
