@@ -64,6 +64,8 @@ def run_cli(config: str, overrides: list[str], keep: Path | None = None,
     process's stderr (its log)."""
     from remix_rft.metrics import read_metrics
 
+    if keep is not None and (keep / name).exists():  # metrics.jsonl is appended to: two runs would mix
+        sys.exit(f"{keep / name} exists: give --keep an empty folder")
     with tempfile.TemporaryDirectory() as tmp:
         out = str(keep) if keep is not None else tmp
         args = ["--config", config, "logging.progress=false", "logging.tensorboard=false",
