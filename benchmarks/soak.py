@@ -29,11 +29,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ys against xs (NaN with fewer than two points)."""
-    return slope_fit(xs, ys)[0]
-
-
 def slope_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     """Least-squares slope of ys against xs and its standard error (NaN where undefined): RSS swings from step to
     step with the responses' lengths, so a slope means something only next to its error."""
