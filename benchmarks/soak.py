@@ -4,9 +4,10 @@ A process whose resident memory grows a little every step runs out of memory on 
 was on a short one. Each run here is its own `remix-rft train` process (the CLI, so the allocator is the one users
 get: jemalloc where installed) on the quickstart config with evaluation and checkpoints off, for each precision:
 `model.dtype=float32` and `model.dtype=bfloat16` (bf16 autocast; emulated, so slower, on CPUs without AVX512-BF16).
-Every step logs `memory/rss_mb` (resident memory at the step's end) and `memory/peak_rss_mb`; the slope is the
-least-squares fit of RSS against step over the steps after warm-up (the mix phase, reincarnation and the first
-on-policy steps fill caches and the allocator's pools once).
+Every step logs `memory/rss_mb` (resident memory at the step's end, after the allocator has handed its free pages
+back), `memory/heap_mb` (bytes allocated on the C heap: no allocator caching in it) and `memory/peak_rss_mb`; a
+slope is the least-squares fit of RSS (or heap) against step over the steps after warm-up (the mix phase,
+reincarnation and the first on-policy steps fill caches and the allocator's pools once).
 
     python benchmarks/soak.py --model tiny-random --steps 60                 # minutes
     python benchmarks/soak.py --model smollm2-135m-instruct --steps 20       # the embedded model: ~1 h on 2 cores
@@ -90,6 +91,7 @@ def run_soak(model: str, dtype: str, steps: int, overrides: list[str], keep: Pat
     train, seconds, allocator = run_job([f"model.name={model}", f"model.dtype={dtype}", f"train.steps={steps}",
                                          *overrides], keep, f"soak-{dtype}")
     return {"steps": [line["step"] for line in train], "rss": [line["memory/rss_mb"] for line in train],
+            "heap": [line.get("memory/heap_mb") for line in train],
             "peak": max(line["memory/peak_rss_mb"] for line in train), "seconds": seconds,
             "step_seconds": sum(line["time/step"] for line in train) / len(train), "allocator": allocator}
 
@@ -118,14 +120,18 @@ def main() -> None:
         results[dtype] = result = run_soak(args.model, dtype, args.steps, args.overrides, args.keep)
         print(f"{dtype}: RSS MiB per step: " + " ".join(f"{r:.0f}" for r in result["rss"]), flush=True)
     header = (f"{'model.dtype':<12} {'allocator':<9} {'s/step':>7} {'RSS@1':>7} {f'RSS@{warmup}':>8} "
-              f"{'RSS@last':>9} {'peak RSS':>9} {'slope MiB/step':>15} {'std. error':>10}")
+              f"{'RSS@last':>9} {'peak RSS':>9} {'slope MiB/step':>15} {'std. error':>10} {'heap slope':>10} "
+              f"{'std. error':>10}")
     print("\n" + header + "\n" + "-" * len(header))
     for dtype, r in results.items():
         after = [(s, v) for s, v in zip(r["steps"], r["rss"]) if s > warmup]
         fit, error = slope_fit([s for s, _ in after], [v for _, v in after])
+        heap = [(s, v) for s, v in zip(r["steps"], r["heap"]) if s > warmup and v is not None]
+        heap_fit, heap_error = slope_fit([s for s, _ in heap], [v for _, v in heap])
         at_warmup = r["rss"][min(warmup, len(r["rss"])) - 1]
         print(f"{dtype:<12} {r['allocator']:<9} {r['step_seconds']:>7.1f} {r['rss'][0]:>7.0f} {at_warmup:>8.0f} "
-              f"{r['rss'][-1]:>9.0f} {r['peak']:>9.0f} {fit:>15.2f} {error:>10.2f}")
+              f"{r['rss'][-1]:>9.0f} {r['peak']:>9.0f} {fit:>15.2f} {error:>10.2f} {heap_fit:>10.2f} "
+              f"{heap_error:>10.2f}")
 
 
 if __name__ == "__main__":

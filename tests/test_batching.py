@@ -216,3 +216,59 @@ def test_lean_head_only_for_plain_linear_heads(tiny_model):
     tiny_model.config.final_logit_softcapping = 30.0  # Gemma-2 style: the head's output is transformed
     assert lean_head(tiny_model) is None
     assert lean_head(torch.nn.Linear(2, 2)) is None
+
+
+def _tied_weight_backward(model: torch.nn.Module, micro_batches: int = 2) -> tuple[dict[str, torch.Tensor], int]:
+    """Gradients of a log-prob + entropy loss through the lean head, accumulated over micro-batches as the actor's
+    update does, and how many [vocabulary, hidden] float32 buffers the backward passes allocated."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from remix_rft.logprobs import lean_head
+
+    head = lean_head(model)
+    full_size = head.weight.numel() * 4
+    model.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        for seed in range(micro_batches):
+            prompts, responses = random_rows(seed=10 + seed, rows=4)
+            batch = collate(prompts, [r + r[:1] for r in responses], PAD)  # a repeated token: its row summed twice
+            logp, entropy = token_logprobs(model, batch, with_entropy=True, chunk_tokens=5)
+            (-(logp * batch.response_mask).sum() - 0.1 * entropy.sum()).backward()
+    allocations = sum(1 for e in prof.events() if e.name in ("aten::empty", "aten::empty_strided")
+                      and (e.cpu_memory_usage or 0) >= full_size)
+    return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}, allocations
+
+
+def test_a_tied_head_and_embedding_accumulate_into_one_gradient_buffer():
+    from remix_rft.logprobs import accumulate_tied_grad_in_place
+    from remix_rft.models import build_tiny_model
+
+    usual_model, one_buffer_model = build_tiny_model(seed=3).train(), build_tiny_model(seed=3).train()
+    assert accumulate_tied_grad_in_place(one_buffer_model)
+    usual, usual_buffers = _tied_weight_backward(usual_model)
+    one_buffer, buffers = _tied_weight_backward(one_buffer_model)
+    assert usual.keys() == one_buffer.keys()
+    tied = one_buffer["model.embed_tokens.weight"]
+    assert tied.layout == torch.strided and tied.shape == (49152, 64) and tied.dtype == torch.float32
+    for name in usual:  # the same sums, added in another order
+        torch.testing.assert_close(one_buffer[name], usual[name], rtol=1e-5, atol=1e-7, msg=name)
+    # one `.grad`, made by the first micro-batch and added into after; the usual path makes two in every
+    # micro-batch (the head's gradient and the embedding's dense one)
+    assert buffers == 1 and usual_buffers == 4, (buffers, usual_buffers)
+    torch.optim.AdamW(one_buffer_model.parameters(), lr=1e-3, fused=True).step()  # AdamW rejects sparse gradients
+
+
+def test_accumulating_in_place_leaves_models_without_a_trained_tied_pair_alone():
+    from remix_rft.logprobs import TIED_GRAD_IN_PLACE_ATTR, accumulate_tied_grad_in_place
+    from remix_rft.models import build_tiny_model
+
+    untied = build_tiny_model(seed=3)
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
+    frozen = build_tiny_model(seed=3).requires_grad_(False)  # LoRA: the base, embedding included, does not train
+    critic = ValueModel.from_pretrained_lm(build_tiny_model(seed=3))  # a trunk, no head: its gradient stays dense
+    for model in (untied, frozen, critic, critic.trunk):
+        assert not accumulate_tied_grad_in_place(model)
+    for model in (untied, frozen):
+        assert not model.get_input_embeddings().sparse
+        assert not hasattr(model.get_output_embeddings(), TIED_GRAD_IN_PLACE_ATTR)
+    assert not critic.trunk.get_input_embeddings().sparse

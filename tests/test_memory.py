@@ -89,3 +89,51 @@ def test_bound_kernel_caches_keeps_a_value_the_user_set():
     environ = {"LRU_CACHE_CAPACITY": "4096"}
     bound_kernel_caches(environ)
     assert environ == {"LRU_CACHE_CAPACITY": "4096", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(KERNEL_CACHE_CAPACITY)}
+
+
+HEAP_PROBE = """
+import torch
+from remix_rft.memory import _jemalloc_mallctl, heap_allocated_mb, return_free_pages
+from remix_rft.metrics import rss_mb
+print("jemalloc" if _jemalloc_mallctl() is not None else "system")
+start_heap = heap_allocated_mb()
+start_gap = rss_mb() - start_heap  # resident but not allocated: code, stacks, the allocator's own pages
+keep, drop = [], []
+for i in range(8000):  # 64 KB each, carved from the allocator's heap (not a mapping each): freed ones stay cached
+    (keep if i % 50 == 0 else drop).append(torch.ones(16_000))
+held_heap = heap_allocated_mb()
+del drop
+freed_heap = heap_allocated_mb()
+freed_gap = rss_mb() - freed_heap
+return_free_pages()
+print(held_heap - start_heap, freed_heap - start_heap, freed_gap - start_gap,
+      rss_mb() - heap_allocated_mb() - start_gap, sum(float(t[0]) for t in keep))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallinfo2, LD_PRELOAD and /proc are Linux's")
+@pytest.mark.parametrize("allocator", ["system", "jemalloc"])
+def test_heap_counts_live_bytes_and_free_pages_go_back_at_a_steps_end(allocator):
+    """memory/heap_mb counts what is allocated, not what the allocator keeps; return_free_pages() (called at each
+    step's end) hands the kept pages back: jemalloc would otherwise keep them until its decay timer (here set to
+    100 s so that only the call can have done it), glibc until a trim."""
+    import os
+    import subprocess
+
+    from remix_rft.memory import find_jemalloc
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    if allocator == "jemalloc":
+        library = find_jemalloc()
+        if library is None:
+            pytest.skip("jemalloc is not installed (CI installs Debian's libjemalloc2)")
+        env.update(LD_PRELOAD=library, MALLOC_CONF="background_thread:false,dirty_decay_ms:100000,muzzy_decay_ms:0")
+    out = subprocess.run([sys.executable, "-c", HEAP_PROBE], env=env, check=True, capture_output=True,
+                         text=True).stdout.split()
+    assert out[0] == allocator
+    held, after_free, cached, after_call, kept = (float(v) for v in out[1:])
+    assert 470 < held < 530  # 8,000 x 62.5 KiB
+    assert 5 < after_free < 20  # the 160 kept
+    assert cached > 300  # freed but still resident: the allocator kept it
+    assert after_call < 40  # handed back: resident again ~ what is allocated
+    assert kept == 160

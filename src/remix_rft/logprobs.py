@@ -72,6 +72,34 @@ def run_head_in_float32(model: nn.Module) -> None:
     setattr(head, FLOAT32_HEAD_ATTR, True)
 
 
+# set on a trained LM head tied to the input embedding (accumulate_tied_grad_in_place): the lean path's backward adds
+# the head's weight gradient straight into the shared parameter's `.grad`
+TIED_GRAD_IN_PLACE_ATTR = "remix_tied_grad_in_place"
+
+
+def accumulate_tied_grad_in_place(model: nn.Module) -> bool:
+    """One [vocabulary, hidden] gradient buffer, not three, for a trained LM head tied to the input embedding; True
+    when `model` has such a pair (else nothing changes).
+
+    autograd sums the tied weight's two gradients, the head's and the embedding's, out of place at the very end of
+    the backward, when every other gradient is already resident: the head's, the embedding's dense one and their
+    sum (113 MiB each for SmolLM2-135M) are the training step's memory peak. Here the lean path's backward adds the
+    head's gradient straight into the parameter's `.grad`, and the embedding hands back sparse rows (the batch's
+    tokens only) that autograd adds into that `.grad` in place: `.grad` ends dense, equal to the usual sum up to
+    the order of float additions. For a model whose every backward passes through the head (the policy's loss
+    does), not a critic's trunk: an embedding gradient alone would stay sparse, which AdamW rejects."""
+    get_input, get_output = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    if get_input is None or get_output is None:
+        return False
+    embedding, head = get_input(), get_output()
+    if (not isinstance(embedding, nn.Embedding) or not isinstance(head, nn.Linear)
+            or embedding.weight is not head.weight or not head.weight.requires_grad):
+        return False
+    embedding.sparse = True
+    setattr(head, TIED_GRAD_IN_PLACE_ATTR, True)
+    return True
+
+
 @dataclass(frozen=True)
 class Truncation:
     """The sampler's top-k / top-p truncation, applied to the trainer's temperature-scaled logits so that the
@@ -125,7 +153,11 @@ class ChunkedLogProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, temperature: float,
                 chunk_tokens: int, with_entropy: bool, float32_head: bool = False,
-                truncation: Truncation | None = None) -> tuple[Tensor, Tensor]:
+                truncation: Truncation | None = None, grad_into_param: bool = False) -> tuple[Tensor, Tensor]:
+        # the weight's gradient goes straight into its `.grad` (accumulate_tied_grad_in_place) for a float32 leaf
+        # parameter: FSDP's bf16 unsharded copy, or anything else, gets it returned through autograd as usual
+        ctx.param = weight if (grad_into_param and weight.is_leaf and weight.requires_grad
+                               and weight.dtype == torch.float32) else None
         compute_dtype = torch.float32 if float32_head else _compute_dtype(hidden.device, weight.dtype)
         weight_c = weight.to(compute_dtype)
         bias_c = None if bias is None else bias.to(compute_dtype)
@@ -166,7 +198,13 @@ class ChunkedLogProbs(torch.autograd.Function):
         weight_c = weight.to(compute_dtype)
         bias_c = None if bias is None else bias.to(compute_dtype)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        param = ctx.param if need_weight else None
+        if param is not None:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            grad_weight = param.grad
+        else:
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if (need_bias and bias is not None) else None
         grad_logprobs = grad_logprobs.float()
         if target_kept is not None:  # a target outside the truncation has log-prob -inf, a constant
@@ -177,7 +215,8 @@ class ChunkedLogProbs(torch.autograd.Function):
                 h_c = hidden[start:end].to(compute_dtype)
                 z = _scaled_logits(h_c, weight_c, bias_c, compute_dtype, temperature)
                 lse = log_normaliser[start:end, None]
-                probs = (z - lse).exp_()
+                # z is read again only for the entropy's gradient and the truncation mask: else p overwrites it
+                probs = (z - lse).exp_() if (with_entropy or truncation is not None) else z.sub_(lse).exp_()
                 if truncation is not None:  # z stays finite here, so grad_z below is finite x 0 off S
                     probs.masked_fill_(~truncation_keep_mask(z, truncation.top_k, truncation.top_p), 0.0)
                 g_logp = grad_logprobs[start:end, None]
@@ -188,7 +227,7 @@ class ChunkedLogProbs(torch.autograd.Function):
                     grad_z.mul_(probs)
                 else:
                     grad_z = probs.mul_(-g_logp)
-                # free the [chunk, V] buffers before the matmuls: grad_z aliases z or probs, never both
+                # free the [chunk, V] buffers before the matmuls (grad_z is one of them, or both when p overwrote z)
                 del probs, z
                 grad_z.scatter_add_(-1, targets[start:end, None], g_logp)
                 if temperature != 1.0:
@@ -202,9 +241,9 @@ class ChunkedLogProbs(torch.autograd.Function):
                     grad_weight.add_(grad_logits.t() @ h_c)
                 if grad_bias is not None:
                     grad_bias.add_(grad_logits.float().sum(dim=0))
-        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+        grad_weight = None if (grad_weight is None or param is not None) else grad_weight.to(weight.dtype)
         grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
 def _scaled_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, compute_dtype: torch.dtype,
@@ -233,5 +272,6 @@ def chunked_logprobs(hidden: Tensor, head: nn.Linear, targets: Tensor, temperatu
         return empty, (empty.clone() if with_entropy else None)
     logprobs, entropy = ChunkedLogProbs.apply(hidden, head.weight, head.bias, targets, float(temperature),
                                               int(chunk_tokens), bool(with_entropy),
-                                              bool(getattr(head, FLOAT32_HEAD_ATTR, False)), truncation)
+                                              bool(getattr(head, FLOAT32_HEAD_ATTR, False)), truncation,
+                                              bool(getattr(head, TIED_GRAD_IN_PLACE_ATTR, False)))
     return logprobs, (entropy if with_entropy else None)

@@ -36,18 +36,79 @@ def release_freed_memory() -> bool:
     return bool(trim(0)) if trim is not None else False
 
 
+@functools.cache
+def _jemalloc_mallctl():
+    """jemalloc's `mallctl` when jemalloc is this process's malloc (preloaded, as `remix-rft train` runs), else None."""
+    try:
+        mallctl = ctypes.CDLL(None).mallctl
+    except (OSError, AttributeError):
+        return None
+    mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p,
+                        ctypes.c_size_t]
+    mallctl.restype = ctypes.c_int
+    return mallctl
+
+
+JEMALLOC_ALL_ARENAS = 4096  # MALLCTL_ARENAS_ALL
+
+
+def return_free_pages() -> None:
+    """Hand every free page the allocator holds back to the OS now: jemalloc purges all its arenas (it would after
+    its decay time), glibc trims its heap. Called at a step's end, so that what stays resident between steps, and
+    `memory/rss_mb` read there, is what the process still uses rather than how much a timer had purged so far."""
+    mallctl = _jemalloc_mallctl()
+    if mallctl is not None:
+        mallctl(f"arena.{JEMALLOC_ALL_ARENAS}.purge".encode(), None, None, None, 0)
+    else:
+        release_freed_memory()
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_allocated_mb() -> float:
+    """Bytes the program holds allocated on the C heap now (tensors included), in MiB: jemalloc's
+    `stats.allocated`, or glibc's in-use chunks (mallinfo2: heap + mmapped); NaN elsewhere. Unlike the resident
+    set it does not count free memory the allocator keeps, so it is what a leak shows in step after step."""
+    mallctl = _jemalloc_mallctl()
+    if mallctl is not None:
+        epoch = ctypes.c_uint64(1)
+        size = ctypes.c_size_t(ctypes.sizeof(epoch))
+        mallctl(b"epoch", ctypes.byref(epoch), ctypes.byref(size), ctypes.byref(epoch), size)  # refresh the stats
+        allocated = ctypes.c_size_t(0)
+        size = ctypes.c_size_t(ctypes.sizeof(allocated))
+        if mallctl(b"stats.allocated", ctypes.byref(allocated), ctypes.byref(size), None, 0) == 0:
+            return allocated.value / 2**20
+        return float("nan")  # a jemalloc built without statistics
+    name = ctypes.util.find_library("c")
+    try:
+        mallinfo2 = ctypes.CDLL(name).mallinfo2 if name else None
+    except (OSError, AttributeError):  # not glibc, or glibc < 2.33
+        return float("nan")
+    if mallinfo2 is None:
+        return float("nan")
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return (info.uordblks + info.hblkhd) / 2**20
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Bounded kernel caches: bf16 matmuls on CPU run through oneDNN, which compiles a primitive per distinct matmul
 # shape and keeps it in two caches, PyTorch's ideep LRU (LRU_CACHE_CAPACITY) and oneDNN's own
 # (ONEDNN_PRIMITIVE_CACHE_CAPACITY), 1,024 entries each by default. RL batches change shape at every micro-batch
 # and generation length, so a bf16 run's resident memory grew step after step until both caches filled: measured
 # (1,000 random [n, 576] x [576, 1536] bf16 matmul shapes, jemalloc) +650 MiB with the defaults, +185 MiB at 256,
-# float32 (MKL, no such cache) +50 MiB. A step reuses a few dozen shapes (decode steps share theirs), so 256 keeps
-# the reuse. A value the user set is kept.
+# float32 (MKL, no such cache) +50 MiB. What is reused is within a pass: the layers share their few weight shapes,
+# the decode steps theirs; a new micro-batch brings new token counts. At 256 the default bf16 job's peak still crept
+# 3,011 -> 3,085 MiB over 10 steps as the caches filled; at 64 3,013 -> 3,034, at 16 flat at 3,007 from step 2,
+# with the same seconds per step at 256, 64 and 16 (AVX512-BF16 EPYC, benchmarks/soak.py). 32: a margin over 16
+# for the reuse. A value the user set is kept.
 # --------------------------------------------------------------------------------------------------------------
 
 KERNEL_CACHE_ENV = ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")
-KERNEL_CACHE_CAPACITY = 256
+KERNEL_CACHE_CAPACITY = 32
 
 
 def bound_kernel_caches(environ: MutableMapping[str, str] = os.environ) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from remix_rft import hardware
 from remix_rft.errors import DataError, DataNotFoundError, MissingPackageError
+from remix_rft.memory import heap_allocated_mb
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +50,10 @@ def rss_mb() -> float:
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
-    """Peak and current resident memory of this process (and peak allocated GPU memory on CUDA), in MiB. The
-    current RSS at each step's end is what a leak shows in (benchmarks/soak.py fits its slope)."""
-    out = {"memory/peak_rss_mb": peak_rss_mb(), "memory/rss_mb": rss_mb()}
+    """Peak and current resident memory of this process, the bytes it holds allocated on the C heap (and peak
+    allocated GPU memory on CUDA), in MiB. The current RSS and heap at each step's end are what a leak shows in
+    (benchmarks/soak.py fits their slopes)."""
+    out = {"memory/peak_rss_mb": peak_rss_mb(), "memory/rss_mb": rss_mb(), "memory/heap_mb": heap_allocated_mb()}
     if device.type == "cuda":
         out["memory/peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out

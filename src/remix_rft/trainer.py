@@ -44,10 +44,14 @@ from remix_rft.errors import ConfigError
 from remix_rft.evaluation import pass_at_1_by_benchmark, report_before_after
 from remix_rft.experience import FreshRollouts
 from remix_rft.interrupt import Interrupted, StopRequest
-from remix_rft.logprobs import run_head_in_float32
-from remix_rft.memory import active_allocator, bound_kernel_caches
+from remix_rft.logprobs import accumulate_tied_grad_in_place, run_head_in_float32
+from remix_rft.memory import active_allocator, bound_kernel_caches, return_free_pages
 from remix_rft.metrics import MetricsLogger
-from remix_rft.models import enable_activation_checkpointing, load_model, load_tokenizer
+from remix_rft.models import (
+    enable_activation_checkpointing,
+    load_model,
+    load_tokenizer,
+)
 from remix_rft.preflight import check_writable
 from remix_rft.references import build_references
 from remix_rft.reincarnation import ReincarnationMonitor
@@ -103,6 +107,7 @@ class Trainer:
             if self.dist.is_main:
                 logger.info("LoRA: %s, lr %.3g", lora.adapter_info(policy), cfg.policy_lr)
         self.references = build_references(policy, cfg, self.dist)
+        accumulate_tied_grad_in_place(policy)  # after the critic's copy of the trunk: its embedding stays dense
         self.actor = Actor(shard(policy), cfg, self.dist)
         self.engine = build_engine(cfg.rollout.engine, policy, self.tokenizer, **engine_options(cfg))
         self._engine_weights_step: int | None = 0  # the step whose weights the engine holds (built from step 0's)
@@ -249,6 +254,9 @@ class Trainer:
 
         hacking = self.hacking.observe_step(step, [r.text for r in rollouts], fresh.examples, fresh.scores,
                                             [len(r.response_ids) for r in rollouts])
+        # freed pages back to the OS before the step's memory is read: between steps only what is live stays
+        # resident, and memory/rss_mb tracks that, not how far the allocator's decay timer had got (README, Memory)
+        return_free_pages()
         work = perf.step_work(self.policy, self.critic, self.references, batch, rollouts, plan)
         peak_flops = perf.peak_flops_per_s(self.device, cfg.model.bf16, cfg.train.peak_tflops)
         record = {**experience.step_record(step, plan, rollouts, fresh.scores, batch, replay_groups, self.state),
