@@ -2,7 +2,9 @@
 
 glibc keeps memory that PyTorch frees on CPU (activations, log-prob chunks, the last step's gradients) in its heap
 instead of returning it to the OS, so the resident set grows past what is live and the update's peak lands on top of
-the earlier phases' leftovers. `release_freed_memory()` hands the free pages back (`malloc_trim`) before the update.
+the earlier phases' leftovers. `release_freed_memory()` hands the free pages back (`malloc_trim`) before the update;
+`return_free_pages()` does it for either allocator at each step's end, and `heap_allocated_mb()` reads the live heap
+(the per-step memory metrics, README: Memory over long runs).
 """
 
 from __future__ import annotations
