@@ -78,12 +78,14 @@ TIED_GRAD_IN_PLACE_ATTR = "remix_tied_grad_in_place"
 
 
 def accumulate_tied_grad_in_place(model: nn.Module) -> bool:
-    """One [vocabulary, hidden] gradient buffer, not three, for a trained LM head tied to the input embedding; True
-    when `model` has such a pair (else nothing changes).
+    """One [vocabulary, hidden] gradient buffer, not two or three, for a trained LM head tied to the input embedding;
+    True when `model` has such a pair (else nothing changes).
 
-    autograd sums the tied weight's two gradients, the head's and the embedding's, out of place at the very end of
-    the backward, when every other gradient is already resident: the head's, the embedding's dense one and their
-    sum (113 MiB each for SmolLM2-135M) are the training step's memory peak. Here the lean path's backward adds the
+    autograd makes the tied weight's two gradients, the head's and the embedding's dense one (113 MiB each for
+    SmolLM2-135M), and sums them at the very end of the backward, when every other gradient is already resident
+    (and adds the sum into an existing `.grad` from a minibatch's second micro-batch on): the training step's memory
+    peak. A sparse embedding gradient alone does not help: autograd adds dense + sparse out of place. Here the lean
+    path's backward adds the
     head's gradient straight into the parameter's `.grad`, and the embedding hands back sparse rows (the batch's
     tokens only) that autograd adds into that `.grad` in place: `.grad` ends dense, equal to the usual sum up to
     the order of float additions. For a model whose every backward passes through the head (the policy's loss
