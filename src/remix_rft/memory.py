@@ -84,16 +84,24 @@ def heap_allocated_mb() -> float:
         if mallctl(b"stats.allocated", ctypes.byref(allocated), ctypes.byref(size), None, 0) == 0:
             return allocated.value / 2**20
         return float("nan")  # a jemalloc built without statistics
+    mallinfo2 = _glibc_mallinfo2()
+    if mallinfo2 is None:
+        return float("nan")
+    info = mallinfo2()
+    return (info.uordblks + info.hblkhd) / 2**20
+
+
+@functools.cache
+def _glibc_mallinfo2():
+    """glibc's mallinfo2 (2.33+), looked up once (find_library runs ldconfig), or None."""
     name = ctypes.util.find_library("c")
     try:
         mallinfo2 = ctypes.CDLL(name).mallinfo2 if name else None
     except (OSError, AttributeError):  # not glibc, or glibc < 2.33
-        return float("nan")
-    if mallinfo2 is None:
-        return float("nan")
-    mallinfo2.restype = _MallInfo2
-    info = mallinfo2()
-    return (info.uordblks + info.hblkhd) / 2**20
+        return None
+    if mallinfo2 is not None:
+        mallinfo2.restype = _MallInfo2
+    return mallinfo2
 
 
 # --------------------------------------------------------------------------------------------------------------

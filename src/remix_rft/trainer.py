@@ -47,11 +47,7 @@ from remix_rft.interrupt import Interrupted, StopRequest
 from remix_rft.logprobs import accumulate_tied_grad_in_place, run_head_in_float32
 from remix_rft.memory import active_allocator, bound_kernel_caches, return_free_pages
 from remix_rft.metrics import MetricsLogger
-from remix_rft.models import (
-    enable_activation_checkpointing,
-    load_model,
-    load_tokenizer,
-)
+from remix_rft.models import enable_activation_checkpointing, load_model, load_tokenizer
 from remix_rft.preflight import check_writable
 from remix_rft.references import build_references
 from remix_rft.reincarnation import ReincarnationMonitor
