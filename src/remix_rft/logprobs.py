@@ -265,7 +265,7 @@ def _head_input_and_weight_grads(grad_z: Tensor, h_c: Tensor, weight_c: Tensor, 
                 grad_h.addmm_(g, weight_c[v0:v1])
             if grad_weight is not None:
                 grad_weight[v0:v1].addmm_(g.t(), h_c)
-        else:  # add_ upcasts a bf16 product element by element into the float32 sums
+        else:  # add_ casts each bf16 product to float32 first (a slice-sized copy) and adds it into the sums
             g = grad_z[:, v0:v1].to(h_c.dtype)
             if grad_h is not None:
                 grad_h.add_(g @ weight_c[v0:v1])
