@@ -20,21 +20,22 @@ from remix_rft.errors import ConfigError
 
 
 @functools.cache
-def _malloc_trim():
-    """glibc's malloc_trim, or None (macOS, musl, or no C library found)."""
+def _libc_function(symbol: str, restype, *argtypes):
+    """A function of the C library, typed, looked up once (find_library runs ldconfig), or None (macOS, musl, an
+    older glibc without it, or no C library found)."""
     name = ctypes.util.find_library("c")
     try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
+        function = getattr(ctypes.CDLL(name), symbol) if name else None
     except (OSError, AttributeError):
         return None
-    if trim is not None:
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
+    if function is not None:
+        function.argtypes, function.restype = list(argtypes), restype
+    return function
 
 
 def release_freed_memory() -> bool:
     """Return the heap's free pages to the OS; True when glibc's malloc_trim ran and released some."""
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim", ctypes.c_int, ctypes.c_size_t)
     return bool(trim(0)) if trim is not None else False
 
 
@@ -84,24 +85,11 @@ def heap_allocated_mb() -> float:
         if mallctl(b"stats.allocated", ctypes.byref(allocated), ctypes.byref(size), None, 0) == 0:
             return allocated.value / 2**20
         return float("nan")  # a jemalloc built without statistics
-    mallinfo2 = _glibc_mallinfo2()
+    mallinfo2 = _libc_function("mallinfo2", _MallInfo2)  # glibc 2.33+
     if mallinfo2 is None:
         return float("nan")
     info = mallinfo2()
     return (info.uordblks + info.hblkhd) / 2**20
-
-
-@functools.cache
-def _glibc_mallinfo2():
-    """glibc's mallinfo2 (2.33+), looked up once (find_library runs ldconfig), or None."""
-    name = ctypes.util.find_library("c")
-    try:
-        mallinfo2 = ctypes.CDLL(name).mallinfo2 if name else None
-    except (OSError, AttributeError):  # not glibc, or glibc < 2.33
-        return None
-    if mallinfo2 is not None:
-        mallinfo2.restype = _MallInfo2
-    return mallinfo2
 
 
 # --------------------------------------------------------------------------------------------------------------
