@@ -5,6 +5,16 @@ Data is stored at prompt-group granularity so GRPO groups stay whole, and every 
 
 Trainer protocol at step k: `evict(k)` (keeps versions k-N..k-1, the last N policies), then `sample(...)` the
 replayed groups, update, then `add` the fresh groups of step k with version=k.
+
+Two replay modes (`remix.replay`, METHOD.md section 1 and "Spending rollouts well"):
+  uniform      the paper's: every held group equally likely, drawn without replacement (exactly as before the
+               informative mode existed: one `randperm` of the held groups per draw).
+  informative  a group whose advantages are all 0 (GRPO: all rewards equal) is never stored, so never replayed; the
+               rest are drawn without replacement with probability proportional to
+                   priority(g) = signal(g) * recency ** (age(g) - 1) / (1 + replays(g)),
+               signal = mean |advantage| over the group's responses (1 for critic-based advantages, which the
+               buffer does not hold), age = step - version (>= 1), replays = times the group was already replayed;
+               a group replayed `max_replays` times is no longer drawn (the cap).
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ class RolloutGroup:
     # the trainer's own log-probs of the responses under the generating policy, when the behaviour log-probs
     # came from a separate engine (vLLM): the reference point of the sampler-trainer mismatch correction
     trainer_logprobs: list[torch.Tensor] | None = None
+    replays: int = 0  # how often the group has been drawn for replay (informative replay's priority and cap)
 
     def __post_init__(self) -> None:
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
@@ -102,6 +113,16 @@ class RolloutGroup:
         return len(self.response_ids)
 
     @property
+    def informative(self) -> bool:
+        """Whether the group can move a policy: its rewards are not all equal (GRPO gives such a group advantage 0)."""
+        return bool(self.rewards.max() > self.rewards.min())
+
+    @property
+    def signal(self) -> float:
+        """Mean |advantage| over the responses: what replaying the group can contribute to a policy gradient."""
+        return float(self.advantages.abs().mean())
+
+    @property
     def num_response_tokens(self) -> int:
         return sum(len(response) for response in self.response_ids)
 
@@ -117,6 +138,7 @@ class RolloutGroup:
             "meta_json": json.dumps(self.meta),
             "trainer_logprobs": (None if self.trainer_logprobs is None
                                  else [logprobs.clone() for logprobs in self.trainer_logprobs]),
+            "replays": self.replays,
         }
 
     @classmethod
@@ -133,31 +155,67 @@ class RolloutGroup:
             advantages=state["advantages"],
             meta=json.loads(state["meta_json"]),
             trainer_logprobs=state.get("trainer_logprobs"),  # absent in buffers saved before it existed
+            replays=int(state.get("replays", 0)),
         )
 
 
-class ReplayBuffer:
-    """Rollout groups of the last `history_window` policies, sampled uniformly without replacement.
+REPLAY_MODES = ("uniform", "informative")
 
-    Sampling uses its own seeded torch.Generator, which `state_dict` saves, so a resumed run draws exactly
-    the same groups as an uninterrupted one (LESSONS.md #8). `sample` returns the stored group objects
-    themselves, not copies.
+
+class ReplayBuffer:
+    """Rollout groups of the last `history_window` policies, drawn without replacement: uniformly (`uniform`, the
+    paper's) or by priority (`informative`, see the module docstring).
+
+    Sampling uses its own seeded torch.Generator, which `state_dict` saves (with each group's replay count), so a
+    resumed run draws exactly the same groups as an uninterrupted one (LESSONS.md #8). `sample` returns the stored
+    group objects themselves, not copies.
+    `advantage_signal=False` (critic-based advantages, recomputed at every use, so the stored ones are 0): every group
+    is stored and its signal counts as 1, so the priority is recency and replay count alone.
     """
 
-    def __init__(self, history_window: int, seed: int = 0) -> None:
+    def __init__(self, history_window: int, seed: int = 0, mode: str = "uniform", recency: float = 0.5,
+                 max_replays: int = 2, advantage_signal: bool = True) -> None:
         if isinstance(history_window, bool) or not isinstance(history_window, int) or history_window < 1:
             raise ValueError(f"history_window must be an int >= 1, got {history_window!r}")
+        if mode not in REPLAY_MODES:
+            raise ValueError(f"replay mode must be one of {REPLAY_MODES}, got {mode!r}")
+        if not 0.0 < recency <= 1.0:
+            raise ValueError(f"replay recency must be in (0, 1], got {recency!r}")
+        if isinstance(max_replays, bool) or not isinstance(max_replays, int) or max_replays < 1:
+            raise ValueError(f"max_replays must be an int >= 1, got {max_replays!r}")
         self.history_window = history_window
         self.seed = seed
+        self.mode, self.recency, self.max_replays = mode, float(recency), max_replays
+        self.advantage_signal = advantage_signal
         self._groups: list[RolloutGroup] = []
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(seed)
 
-    def add(self, groups: Sequence[RolloutGroup]) -> None:
+    def add(self, groups: Sequence[RolloutGroup]) -> int:
+        """Store the groups (informative mode: only those with a non-zero advantage); returns how many were stored."""
         for i, group in enumerate(groups):
             if not isinstance(group, RolloutGroup):
                 raise TypeError(f"ReplayBuffer.add: item {i} is a {type(group).__name__}, not a RolloutGroup")
-        self._groups.extend(groups)
+        kept = [g for g in groups if self.mode == "uniform" or not self.advantage_signal or g.signal > 0]
+        self._groups.extend(kept)
+        return len(kept)
+
+    def _signal(self, group: RolloutGroup) -> float:
+        return group.signal if self.advantage_signal else 1.0
+
+    def priorities(self, step: int) -> list[float]:
+        """Each held group's informative-mode priority at `step` (0: not drawable), in storage order."""
+        return [0.0 if g.replays >= self.max_replays else
+                self._signal(g) * self.recency ** max(step - g.version - 1, 0) / (1 + g.replays)
+                for g in self._groups]
+
+    def drawable(self, step: int | None = None) -> int:
+        """How many groups a draw at `step` can return (uniform: all held; informative: positive priority)."""
+        if self.mode == "uniform":
+            return len(self._groups)
+        if step is None:
+            raise ValueError("informative replay needs the current step to weigh groups by age")
+        return sum(p > 0 for p in self.priorities(step))
 
     def evict(self, current_version: int) -> int:
         """Drop groups with version < current_version - history_window; return how many were dropped."""
@@ -167,18 +225,26 @@ class ReplayBuffer:
         self._groups = kept
         return dropped
 
-    def sample(self, num_groups: int) -> list[RolloutGroup]:
-        """`num_groups` distinct held groups, uniformly at random (order is the draw order)."""
+    def sample(self, num_groups: int, step: int | None = None) -> list[RolloutGroup]:
+        """`num_groups` distinct held groups (order is the draw order): uniformly at random, or by priority at
+        `step` (informative mode). Each drawn group's replay count goes up by one."""
         if num_groups < 0:
             raise ValueError(f"cannot sample a negative number of groups ({num_groups})")
-        if num_groups > len(self._groups):
-            raise ValueError(
-                f"cannot sample {num_groups} groups: the replay buffer holds {len(self._groups)}"
-            )
+        available = self.drawable(step)
+        if num_groups > available:
+            raise ValueError(f"cannot sample {num_groups} groups: the replay buffer holds {len(self._groups)}"
+                             + (f", {available} of them drawable" if self.mode != "uniform" else ""))
         if num_groups == 0:
             return []
-        order = torch.randperm(len(self._groups), generator=self._generator)[:num_groups]
-        return [self._groups[i] for i in order.tolist()]
+        if self.mode == "uniform":
+            order = torch.randperm(len(self._groups), generator=self._generator)[:num_groups]
+        else:  # successive draws, each proportional to priority among the groups not yet drawn
+            weights = torch.tensor(self.priorities(step), dtype=torch.float64)
+            order = torch.multinomial(weights, num_groups, replacement=False, generator=self._generator)
+        drawn = [self._groups[i] for i in order.tolist()]
+        for group in drawn:
+            group.replays += 1
+        return drawn
 
     def __len__(self) -> int:
         return len(self._groups)
@@ -195,6 +261,7 @@ class ReplayBuffer:
         """Everything needed to resume: groups (in order), window, seed and the generator state."""
         return {
             "history_window": self.history_window,
+            "mode": self.mode,
             "seed": self.seed,
             "generator_state": self._generator.get_state(),
             "groups": [group.to_state() for group in self._groups],
@@ -209,6 +276,9 @@ class ReplayBuffer:
                 f"replay buffer state has history_window={state['history_window']} but this buffer was built "
                 f"with history_window={self.history_window}"
             )
+        if state.get("mode", "uniform") != self.mode:
+            raise ValueError(f"replay buffer state was saved with remix.replay={state.get('mode', 'uniform')} but this "
+                             f"run uses remix.replay={self.mode}")
         groups = []
         for i, group_state in enumerate(state["groups"]):
             try:

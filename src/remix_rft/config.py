@@ -169,6 +169,15 @@ class ReMixConfig:
     kl_convex_decrement: float = 0.1
     kl_convex_floor: float = 0.5
     precedent: str = "lagged"  # lagged: a copy of the previous step's weights; proximal: reuse pi_k's log-probs
+    # which buffered groups are replayed (buffer.py; README, Spending rollouts well): uniform = the paper's, every
+    # group of the window equally likely; informative = groups whose advantages are all 0 are never replayed, the rest
+    # drawn by priority (|advantage|, recency, replay count), and they take the place of the step's uninformative
+    # fresh groups in the batch (replace_uninformative)
+    replay: str = "uniform"
+    replay_recency: float = 0.5  # informative: priority factor per step of age beyond the newest (1: no preference)
+    max_replays: int = 2  # informative: a group is replayed at most this many times
+    # informative: buffered groups replace fresh groups with all-equal rewards (GRPO advantage 0) in the mix phase
+    replace_uninformative: bool = True
 
 
 @dataclass
@@ -186,6 +195,11 @@ class TrainConfig:
     warmup_steps: int = 0
     seed: int = 0
     peak_tflops: float | None = None  # device peak for perf/mfu (null: a matmul benchmark, measured once, cached)
+    # DAPO's dynamic sampling: generate more prompts until the step has its planned number of fresh groups whose
+    # rewards are not all equal (at most dynamic_sampling_max_rounds generation rounds; then the batch is filled with
+    # uninformative groups). Every generated response counts in rollouts/total, trained on or not
+    dynamic_sampling: bool = False
+    dynamic_sampling_max_rounds: int = 4
 
 
 @dataclass
@@ -234,6 +248,13 @@ class DataConfig:
     limit: int | None = None
     instruction: str | None = DEFAULT_INSTRUCTION
     system_prompt: str | None = None
+    # prompt selection before generation (data/selection.py): none | skip_uninformative (GRESO-like: a prompt whose
+    # last groups all had equal rewards is skipped with probability min(selection_max_skip, 1 - (1 -
+    # selection_skip_base) ** streak), and kept without a test after selection_revisit_after skips in a row)
+    selection: str = "none"
+    selection_skip_base: float = 0.5
+    selection_max_skip: float = 0.9
+    selection_revisit_after: int = 4
 
 
 @dataclass
@@ -382,6 +403,21 @@ class Config:
         _check(au.plateau_min_gain >= 0, "remix.auto_reincarnation.plateau_min_gain",
                f"must be >= 0, got {au.plateau_min_gain}")
         _check(r.precedent in ("lagged", "proximal"), "remix.precedent", f"must be lagged or proximal, got {r.precedent!r}")
+        _check(r.replay in ("uniform", "informative"), "remix.replay", f"must be uniform or informative, got {r.replay!r}")
+        _check(0 < r.replay_recency <= 1, "remix.replay_recency", f"must be in (0, 1], got {r.replay_recency}")
+        _check(r.max_replays >= 1, "remix.max_replays", f"must be >= 1, got {r.max_replays}")
+        _check(not t.dynamic_sampling or t.samples_per_prompt >= 2, "train.dynamic_sampling",
+               "keeps groups whose rewards differ, so it needs train.samples_per_prompt >= 2")
+        _check(t.dynamic_sampling_max_rounds >= 1, "train.dynamic_sampling_max_rounds",
+               f"must be >= 1, got {t.dynamic_sampling_max_rounds}")
+        d = self.data
+        _check(d.selection in ("none", "skip_uninformative"), "data.selection",
+               f"must be none or skip_uninformative, got {d.selection!r}")
+        _check(0 <= d.selection_skip_base <= d.selection_max_skip < 1, "data.selection_skip_base/max_skip",
+               f"need 0 <= skip_base <= max_skip < 1 (a prompt is always revisited), got {d.selection_skip_base} and "
+               f"{d.selection_max_skip}")
+        _check(d.selection_revisit_after >= 1, "data.selection_revisit_after",
+               f"must be >= 1, got {d.selection_revisit_after}")
         _check(0 <= r.kl_convex_floor <= 1, "remix.kl_convex_floor", "must be in [0, 1]")
         _check(r.kl_convex_interval >= 1, "remix.kl_convex_interval", "must be >= 1")
         lora = self.model.lora

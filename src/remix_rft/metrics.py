@@ -94,12 +94,14 @@ def create_run_dir(config, run_dir: Path | None, dist) -> Path:
 # the same on every rank (the schedule, counters, and what the actor and critic already reduced).
 # The sampler/trainer mismatch statistics (experience.mismatch_correction) come for all rows and by kind of row.
 _BY_KIND = ("", "fresh_", "replay_")
-SUM_METRICS = ("rollouts/step", "rollouts/replayed", "replay/groups", "tokens/step", "buffer/groups")
-MAX_METRICS = ("response_length/max", "logprob_mismatch/max", *(f"is_correction/{k}raw_ratio_max" for k in _BY_KIND))
+SUM_METRICS = ("rollouts/step", "rollouts/replayed", "replay/groups", "tokens/step", "buffer/groups", "fresh/groups",
+               "fresh/trained_groups", "fresh/informative_groups", "replay/informative_groups", "replay/replacements")
+# the prompt selector's counters are global (every rank holds the same history)
+MAX_METRICS = ("selection/skipped", "selection/skipped_total", "response_length/max", "logprob_mismatch/max", *(f"is_correction/{k}raw_ratio_max" for k in _BY_KIND))
 MIN_METRICS = tuple(f"is_correction/{k}weight_min" for k in _BY_KIND)
-ROLLOUT_MEANS = ("reward/mean", "accuracy/train", "response_length/mean", "response_length/truncated_share",
+ROLLOUT_MEANS = ("reward/mean", "accuracy/train", "fresh/informative_share", "response_length/mean", "response_length/truncated_share",
                  *(f"mismatch_mask/{k}sequence_share" for k in _BY_KIND))
-TOKEN_MEANS = ("entropy", "kl/base", "kl/precedent", "logprob_mismatch/mean", "logprob_mismatch/outside_clip_share",
+TOKEN_MEANS = ("entropy", "advantage/nonzero_token_share", "kl/base", "kl/precedent", "logprob_mismatch/mean", "logprob_mismatch/outside_clip_share",
                *(f"is_correction/{k}{name}" for k in _BY_KIND for name in ("raw_ratio_mean", "weight_mean",
                                                                              "capped_fraction")),
                *(f"mismatch_mask/{k}token_share" for k in _BY_KIND),
@@ -117,6 +119,8 @@ def reduce_over_ranks(record: dict[str, Any], dist, rollouts: int, tokens: float
     weighted = [(k, rollouts) for k in record if k in ROLLOUT_MEANS]
     weighted += [(k, tokens) for k in record if k in TOKEN_MEANS]
     weighted.append(("replay/mean_age", record["replay/groups"]))
+    if "replay/informative_share" in record:
+        weighted.append(("replay/informative_share", record["replay/groups"]))
     values = [float(record[k]) for k in sums] + [float(record[k]) * w for k, w in weighted]
     values += [float(w) for _, w in weighted]
     reduced = dist.all_reduce(values)

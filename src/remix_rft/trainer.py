@@ -31,13 +31,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from remix_rft import checkpoint, evaluation, experience, lora, metrics, perf
+from remix_rft import checkpoint, evaluation, experience, informative, lora, metrics, perf
 from remix_rft.actor import Actor
 from remix_rft.buffer import ReplayBuffer
 from remix_rft.checkpoint import TrainingState, TrainState
 from remix_rft.config import Config
 from remix_rft.critic import Critic
 from remix_rft.data.sampler import TrainingPrompts
+from remix_rft.data.selection import PromptSelector
 from remix_rft.data.types import Example
 from remix_rft.distributed import Distributed, launched_by_torchrun
 from remix_rft.errors import ConfigError
@@ -135,7 +136,15 @@ class Trainer:
             if cfg.auto_reincarnation else None
         if self.reincarnation is not None and self.dist.is_main:
             logger.info("adaptive reincarnation: triggers %s", ", ".join(self.reincarnation.active_triggers) or "none")
-        self.buffer = ReplayBuffer(cfg.remix.history_window, seed=cfg.train.seed + self.dist.rank)
+        r = cfg.remix
+        self.buffer = ReplayBuffer(r.history_window, seed=cfg.train.seed + self.dist.rank, mode=r.replay,
+                                   recency=r.replay_recency, max_replays=r.max_replays,
+                                   advantage_signal=cfg.advantage_estimator not in experience.CRITIC_ESTIMATORS)
+        # data.selection: one history on every rank (outcomes are gathered), so every rank draws the same prompts
+        d = cfg.data
+        self.selector = PromptSelector(cfg.train.seed, d.selection_skip_base, d.selection_max_skip,
+                                       d.selection_revisit_after) if d.selection == "skip_uninformative" else None
+        self._skipped_logged = 0
         self.state = TrainState()
         self.eval_history: list[tuple[int, Any]] = []
 
@@ -144,6 +153,7 @@ class Trainer:
                                                      dtype=cfg.model.frozen_storage_dtype)
             if self.reincarnation is not None and self.reincarnation.decision is not None:
                 self.schedule.reincarnate_after(self.reincarnation.decision.step)
+            self._skipped_logged = self.selector.skipped_total if self.selector is not None else 0
         if self.device.type == "cpu" and self.dist.is_main:  # jemalloc: README, Memory; remix_rft/memory.py
             logger.info("host memory allocator: %s", active_allocator())
         # rank 0 writes the run's metrics (after dropping lines logged after the checkpoint)
@@ -154,9 +164,11 @@ class Trainer:
     def policy(self) -> torch.nn.Module:
         return self.actor.model
 
-    def _sampling(self, step: int) -> SamplingParams:
+    def _sampling(self, step: int, salt: int = 0) -> SamplingParams:
+        """The step's sampling settings; `salt` > 0 seeds an extra generation round of the same step apart."""
         ro = self.config.rollout
         seed = (self.config.train.seed * 1_000_003 + step) * self.dist.world_size + self.dist.rank
+        seed += salt * 1_000_000_007
         return SamplingParams(max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_p=ro.top_p,
                               top_k=ro.top_k, seed=seed)
 
@@ -165,13 +177,40 @@ class Trainer:
                              buffer=self.buffer, prompts=self.prompts, tokenizer=self.tokenizer, dist=self.dist,
                              hacking=self.hacking, base_model=self.config.model.name,
                              components={name: component for name, component in
-                                         (("reincarnation", self.reincarnation), ("pipeline", self.pipeline))
+                                         (("reincarnation", self.reincarnation), ("pipeline", self.pipeline),
+                                          ("selection", self.selector))
                                          if component is not None})
 
     def train_step(self, step: int) -> dict[str, Any]:
         plan = self.begin_step(step)
         fresh = self._take_generated(step, plan) if self.pipeline is not None else None
-        return self.learn(step, plan, fresh if fresh is not None else self.generate(step, plan))
+        fresh = fresh if fresh is not None else self.generate(step, plan)
+        if self.config.train.dynamic_sampling:
+            fresh = self._sample_dynamically(step, plan, fresh)
+        return self.learn(step, plan, fresh)
+
+    def _draw_prompts(self, count: int) -> list[int]:
+        """The next `count` training prompts of the run (the same on every rank), past the selector's skips."""
+        if self.selector is None:
+            return self.prompts.next(count)
+        return self.selector.select(self.prompts.next, count)[0]
+
+    def _sample_dynamically(self, step: int, plan: StepPlan, fresh: FreshRollouts) -> FreshRollouts:
+        """train.dynamic_sampling (DAPO): more generation rounds, each for the prompts the ranks still lack, until
+        every rank holds its share of the step's fresh prompts in groups whose rewards differ (`learn` trains on
+        those); at most `dynamic_sampling_max_rounds` rounds in all."""
+        start, stop = self.dist.share(plan.fresh_prompts)
+        size = self.config.train.samples_per_prompt
+        for extra_round in range(1, self.config.train.dynamic_sampling_max_rounds):
+            have = sum(informative.group_informative([s.reward for s in fresh.scores], size))
+            needs = [int(n) for n in self.dist.all_gather_object(max(stop - start - have, 0))]
+            if sum(needs) == 0:
+                break
+            offset = sum(needs[:self.dist.rank])
+            fresh = fresh.extend(self.generate(step, plan, prompts=sum(needs),
+                                               share=(offset, offset + needs[self.dist.rank]),
+                                               salt=1 + extra_round))  # salt 1: the pipeline's top-up
+        return fresh
 
     def begin_step(self, step: int) -> StepPlan:
         """1. plan; reincarnate: the current policy becomes the KL base and training goes on-policy."""
@@ -183,20 +222,25 @@ class Trainer:
                               f"for {self.dist.world_size} ranks; each rank needs at least one prompt group")
         return plan
 
-    def generate(self, step: int, plan: StepPlan, prompts: int | None = None) -> FreshRollouts:
-        """2. fresh responses for this rank's share of the step's fresh prompts (or of `prompts` of them), scored."""
+    def generate(self, step: int, plan: StepPlan, prompts: int | None = None, share: tuple[int, int] | None = None,
+                 salt: int = 0) -> FreshRollouts:
+        """2. fresh responses for this rank's share of the step's fresh prompts (or of `prompts` of them; `share`:
+        this rank's slice of them, which may be empty: every rank still takes part in the weight gathers), scored.
+        `salt` > 0: an extra round of the step, sampled apart from the first."""
         count = plan.fresh_prompts if prompts is None else prompts
-        start, stop = self.dist.share(count)
-        indices = self.prompts.next(count)[start:stop]
+        start, stop = share if share is not None else self.dist.share(count)
+        indices = self._draw_prompts(count)[start:stop]
         t0 = time.perf_counter()
         self._sync_engine()  # every rank: a sharded parameter is gathered one tensor at a time
         t_sync = time.perf_counter()
         with self.dist.gathered(self.policy):
             rollouts = self.engine.generate([self.prompts.prompt(i) for i in indices],
-                                            self.config.train.samples_per_prompt, self._sampling(step))
+                                            self.config.train.samples_per_prompt, self._sampling(step, salt)) \
+                if indices else []
         t1 = time.perf_counter()
         examples = [self.prompts.examples[indices[r.prompt_index]] for r in rollouts]
-        scores = check_scores(self.reward, self.reward.score([r.text for r in rollouts], examples), examples)
+        scores = check_scores(self.reward, self.reward.score([r.text for r in rollouts], examples), examples) \
+            if rollouts else []
         times = {"weight_sync": t_sync - t0, "generation": t1 - t_sync, "scoring": time.perf_counter() - t1}
         return FreshRollouts(indices, rollouts, examples, scores, times)
 
@@ -205,13 +249,28 @@ class Trainer:
         cfg, step_start, rollouts = self.config, time.perf_counter(), fresh.rollouts
         times = dict(fresh.times)
         self.buffer.evict(step)
-        fresh_groups = experience.make_groups(cfg, step, fresh.indices, self.prompts.examples, rollouts, fresh.scores,
-                                              fresh.versions, fresh.trainer_logprobs)
+        generated = experience.make_groups(cfg, step, fresh.indices, self.prompts.examples, rollouts, fresh.scores,
+                                           fresh.versions, fresh.trainer_logprobs)
+        if self.selector is not None:  # every rank's outcomes, in rank order: one history on every rank
+            for outcomes in self.dist.all_gather_object([(g.meta["index"], g.informative) for g in generated]):
+                self.selector.observe(outcomes)
+        fresh_groups = generated
+        if cfg.train.dynamic_sampling:  # every response was generated and counted; the batch holds the informative
+            start, stop = self.dist.share(plan.fresh_prompts)
+            fresh_groups, _ = informative.choose_fresh(generated, stop - start)
 
-        # 3. replayed groups: whole prompt groups from the last `history_window` policies
+        # 3. replayed groups: whole prompt groups from the last `history_window` policies; informative replay also
+        # puts buffered groups in the place of fresh ones whose rewards are all equal (advantage 0)
         start, stop = self.dist.share(plan.replay_prompts)
-        replay_count = min(stop - start, len(self.buffer))
-        replay_groups = self.buffer.sample(replay_count) if replay_count else []
+        planned = stop - start
+        wanted = planned
+        if cfg.remix.replay == "informative" and cfg.remix.replace_uninformative and plan.replay_prompts > 0 \
+                and self.buffer.advantage_signal:
+            wanted += sum(not g.informative for g in fresh_groups)
+        replay_count = min(wanted, self.buffer.drawable(step))
+        replay_groups = self.buffer.sample(replay_count, step) if replay_count else []
+        replacements = max(replay_count - planned, 0)
+        fresh_groups = informative.replace_uninformative(fresh_groups, replacements)
         batch = experience.assemble(fresh_groups, replay_groups, self.pad_id, self.device)
 
         # 4. log-prob passes without grad
@@ -226,6 +285,8 @@ class Trainer:
 
         # 5. advantages
         experience.compute_advantages(cfg, batch, plan, reduce_sum=self.dist.sum_over_ranks)  # global whitening
+        signal = {**informative.signal_metrics(generated, fresh_groups, replay_groups, batch.advantages,
+                                               batch.tokens.response_mask), "replay/replacements": replacements}
 
         # pi_{k-1} served this step's precedent log-probs (above); the lagged copy now takes pi_k for the next step
         self.references.advance_precedent(self.policy)
@@ -258,7 +319,8 @@ class Trainer:
         work = perf.step_work(self.policy, self.critic, self.references, batch, rollouts, plan)
         peak_flops = perf.peak_flops_per_s(self.device, cfg.model.bf16, cfg.train.peak_tflops)
         record = {**experience.step_record(step, plan, rollouts, fresh.scores, batch, replay_groups, self.state),
-                  "buffer/groups": len(self.buffer), "lr": self.actor.lr, **pass_metrics, **update_metrics, **hacking,
+                  "buffer/groups": len(self.buffer), "lr": self.actor.lr, **signal, **self._selection_metrics(),
+                  **pass_metrics, **update_metrics, **hacking,
                   **{f"time/{k}": v for k, v in times.items()}, **perf.throughput_metrics(work, times, peak_flops),
                   **metrics.peak_memory_mb(self.device)}
         record = metrics.reduce_over_ranks(record, self.dist, len(rollouts), float(batch.tokens.response_mask.sum()))
@@ -269,6 +331,13 @@ class Trainer:
             record["rollouts/staleness"] = lag / max(groups, 1.0)
         return record
 
+    def _selection_metrics(self) -> dict[str, int]:
+        """Prompts the selector skipped (cost nothing, generated nothing) since the last record, and in all."""
+        if self.selector is None:
+            return {}
+        skipped, self._skipped_logged = self.selector.skipped_total - self._skipped_logged, self.selector.skipped_total
+        return {"selection/skipped": skipped, "selection/skipped_total": self.selector.skipped_total}
+
     # ---------------------------------------------------------------------------------- pipelined generation
     def _launch_generation(self, step: int) -> None:
         """Draw step `step`'s prompts and generate them in the background with a snapshot of the current weights
@@ -278,7 +347,7 @@ class Trainer:
         version = self.state.step + 1
         plan = self.schedule.plan(step)
         start, stop = self.dist.share(plan.fresh_prompts)
-        indices = self.prompts.next(plan.fresh_prompts)[start:stop]
+        indices = self._draw_prompts(plan.fresh_prompts)[start:stop]
         t0 = time.perf_counter()
         stale = version != step  # the trainer's log-probs under these weights are needed at `step`
         if self.config.rollout.engine == "hf" or stale:
@@ -314,7 +383,8 @@ class Trainer:
         fresh.times["generation_wait"] = time.perf_counter() - t0
         launched = sum(self.dist.all_reduce([float(len(fresh.indices))]))  # prompts drawn for the step, all ranks
         if plan.fresh_prompts > launched:
-            fresh = fresh.extend(self.generate(step, plan, prompts=plan.fresh_prompts - int(launched)))
+            # salted: the job's seed drew other prompts' responses (issue 35: 88% shared tokens unsalted)
+            fresh = fresh.extend(self.generate(step, plan, prompts=plan.fresh_prompts - int(launched), salt=1))
         return fresh
 
     def _watch_reincarnation(self, step: int, plan: StepPlan, record: dict[str, Any]) -> None:
