@@ -1,20 +1,37 @@
 """Checkpoint writes are atomic: a crash mid-save leaves the previous checkpoint usable."""
 
+import json
+import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
 from remix_rft.checkpoint import (
+    _state_globals,
     checkpoint_root,
     checkpoint_to_resume,
     latest_checkpoint,
     list_checkpoints,
+    read_training_state,
     remove_dead_temp_dirs,
+    restore_rng_state,
+    rng_state,
     save_checkpoint,
 )
+from remix_rft.cli import main
+from remix_rft.safe_load import UnsafeCheckpointError, load_file, load_sharded
+from remix_rft.trainer import run_training
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_trainer import tiny_config  # noqa: E402
 
 
 def _writer(payload: str):
@@ -113,3 +130,151 @@ def test_crash_between_the_renames_of_a_resave_falls_back_to_a_complete_checkpoi
     (root / "latest").write_text("../../elsewhere\n")  # a pointer that names no checkpoint is ignored
     assert latest_checkpoint(tmp_path).name == "step_000002"
     assert {p.name for p in remove_dead_temp_dirs(tmp_path)} == {".old_step_000004_1", ".tmp_step_000004_1"}
+
+
+# ------------------------------------------------------------------------------ a checkpoint cannot run code
+
+
+class RunsCode:
+    """Pickles as the call `Path.touch(marker)`: what a crafted checkpoint file runs when it is unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Path]]:
+        return (Path.touch, (self.marker,))
+
+
+RUN = ["train.steps=1", "checkpoint.every=1", "remix.offpolicy_fraction=0.5", "eval.before_training=false",
+       "eval.after_training=false"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A real one-step remix-grpo run with its checkpoint (replay buffer filled); tests work on copies."""
+    return run_training(tiny_config(tmp_path_factory.mktemp("tiny"), "remix-grpo", *RUN)).run_dir
+
+
+def copy_run(tiny_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the tiny run under tmp_path/run, and its checkpoint."""
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    return run_dir, latest_checkpoint(run_dir)
+
+
+def test_crafted_pickle_runs_code_when_loaded_unsafely(tmp_path):
+    """The attack the tests below defend against is real: a plain torch.load of the crafted file runs its call."""
+    marker = tmp_path / "ran"
+    torch.save({"step": 1, "rng": RunsCode(marker)}, tmp_path / "trainer_state.pt")
+    torch.load(tmp_path / "trainer_state.pt", weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("name", ["trainer_state.pt", "optimizer.pt", "buffer.pt"])
+def test_resume_refuses_a_checkpoint_file_that_would_run_code(tiny_run, tmp_path, name):
+    run_dir, step = copy_run(tiny_run, tmp_path)
+    marker = tmp_path / "ran"
+    saved = torch.load(step / name, weights_only=True) if name != "trainer_state.pt" else {"step": 1}
+    torch.save({**saved, "payload": RunsCode(marker)}, step / name)  # otherwise the file as written
+    with pytest.raises(UnsafeCheckpointError, match="holds objects a checkpoint may not hold") as caught:
+        run_training(tiny_config(tmp_path, "remix-grpo", *RUN), resume=run_dir)
+    message = str(caught.value)
+    assert str(step / name) in message and "pathlib.Path" in message and "\n" not in message
+    assert not marker.exists()
+
+
+def test_cli_resume_of_a_crafted_checkpoint_is_one_line_and_runs_nothing(tiny_run, tmp_path, capsys):
+    run_dir, step = copy_run(tiny_run, tmp_path)
+    marker = tmp_path / "ran"
+    torch.save(RunsCode(marker), step / "trainer_state.pt")
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("remix-rft train: error: "), err
+    assert f"{step / 'trainer_state.pt'} holds objects a checkpoint may not hold" in errors[0]
+    assert not marker.exists()
+
+
+def test_checkpoint_files_hold_only_what_a_weights_only_load_builds(tiny_run):
+    """Every .pt a run writes loads with no allow-list (a pipelined run's trainer_state.pt adds `_state_globals`)."""
+    files = sorted(latest_checkpoint(tiny_run).glob("*.pt"))
+    assert {f.name for f in files} == {"trainer_state.pt", "optimizer.pt", "buffer.pt"}
+    for file in files:
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(file) == [], file.name
+        assert load_file(file) is not None
+
+
+def test_rng_states_load_from_new_and_older_checkpoints(tmp_path):
+    """numpy's RNG key is saved as a list; checkpoints written before hold it as a uint32 array, still accepted."""
+    np.random.seed(3)
+    np.random.normal()  # a cached gaussian too
+    expected = np.random.rand(4)
+    np.random.seed(3)
+    np.random.normal()
+    older = {**rng_state(), "numpy": np.random.get_state()}
+    torch.save({"rng": rng_state()}, tmp_path / "new.pt")
+    torch.save({"rng": older}, tmp_path / "old.pt")
+    for name in ("new.pt", "old.pt"):
+        np.random.seed(0)
+        restore_rng_state(load_file(tmp_path / name, _state_globals())["rng"])
+        assert np.array_equal(np.random.rand(4), expected), name
+
+
+def test_rank_file_that_would_run_code_is_refused(tmp_path):
+    """A torchrun checkpoint's own rank file is read first, with the same refusal."""
+    marker = tmp_path / "ran"
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"world_size": 2}))
+    torch.save({"step": 2, "rng": RunsCode(marker)}, tmp_path / "rank_00001.pt")
+    training: Any = SimpleNamespace(dist=SimpleNamespace(active=True, rank=1, world_size=2))
+    with pytest.raises(UnsafeCheckpointError, match=r"rank_00001\.pt holds objects .*pathlib\.Path"):
+        read_training_state(tmp_path, training, "float32")
+    assert not marker.exists()
+
+
+# DCP warns that it saves and loads in one process: these tests mean to
+SINGLE_PROCESS_DCP = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+
+
+def _sharded(tmp_path: Path, extra: Any = None) -> Path:
+    """A torch.distributed.checkpoint folder (one process) of a small model and its optimizer state."""
+    from torch.distributed.checkpoint import save
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.25)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    state = {"policy": model.state_dict(), "optimizer": {"lr": 0.25, "betas": (0.9, 0.99), "name": "adamw"}}
+    if extra is not None:
+        state["extra"] = extra
+    save(state, checkpoint_id=tmp_path / "sharded")
+    return tmp_path / "sharded"
+
+
+@SINGLE_PROCESS_DCP
+def test_sharded_checkpoint_loads_tensors_and_values(tmp_path):
+    directory = _sharded(tmp_path)
+    state = {"policy": {"weight": torch.zeros(2, 3), "bias": torch.zeros(2)},
+             "optimizer": {"lr": 0.0, "betas": (0.0, 0.0), "name": ""}}
+    load_sharded(state, directory)
+    assert state["optimizer"] == {"lr": 0.25, "betas": (0.9, 0.99), "name": "adamw"}
+    assert state["policy"]["weight"].abs().sum() > 0
+
+
+@SINGLE_PROCESS_DCP
+def test_sharded_metadata_that_would_run_code_is_refused(tmp_path):
+    directory = _sharded(tmp_path)
+    marker = tmp_path / "ran"
+    (directory / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    with pytest.raises(UnsafeCheckpointError, match=r"\.metadata holds objects .*pathlib\.Path"):
+        load_sharded({"policy": {"weight": torch.zeros(2, 3), "bias": torch.zeros(2)}}, directory)
+    assert not marker.exists()
+
+
+@SINGLE_PROCESS_DCP
+def test_sharded_value_that_would_run_code_is_refused(tmp_path):
+    """DCP stores non-tensor values as torch.save bytes and loads them with weights_only=False: vetted first."""
+    marker = tmp_path / "ran"
+    directory = _sharded(tmp_path, extra=RunsCode(marker))
+    with pytest.raises(UnsafeCheckpointError, match=r"sharded \(its value extra\) holds objects .*getattr"):
+        load_sharded({"policy": {"weight": torch.zeros(2, 3), "bias": torch.zeros(2)}, "extra": None}, directory)
+    assert not marker.exists()

@@ -16,6 +16,10 @@ Under torchrun (N ranks) the models and optimizers are written sharded with torc
 `sharded/` (all ranks write into the same directory: a file system shared by the nodes), each rank's own state
 (replay buffer, RNG, lr schedule) into `rank_<r>.pt`, and rank 0 exports the full policy as a Hugging Face
 model under `policy/`. Such a checkpoint resumes with N ranks.
+
+Resume runs no code from a checkpoint (a folder someone shared may have been crafted): the `.pt` files hold only
+tensors, numbers, strings, containers and a few plain dataclasses, and are read with weights_only loads; the sharded
+folder's pickles likewise (safe_load.py). A file holding anything else fails with one line naming it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from remix_rft.distributed import Distributed
 from remix_rft.errors import PathNotFoundError, UsageError
 from remix_rft.models import ValueModel, load_model
 from remix_rft.references import AdapterReferences
+from remix_rft.safe_load import NUMPY_ARRAYS, SafeGlobal, load_file, load_sharded
 
 if TYPE_CHECKING:
     from remix_rft.actor import Actor
@@ -226,16 +231,35 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+    """Every generator's state as tensors, tuples, lists and numbers, so that a weights_only load reads it."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, key.tolist(), int(pos), int(has_gauss), float(gauss))  # the MT19937 key as a list
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state,
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def restore_rng_state(rng: dict[str, Any]) -> None:
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
+    kind, key, *rest = rng["numpy"]  # key: a list, or an ndarray in checkpoints written before
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _state_globals() -> list[SafeGlobal]:
+    """The classes `trainer_state.pt` and `rank_*.pt` may hold beyond plain data (tensors, numbers, str, containers).
+
+    The pipeline component (rollout/pipeline.py) saves the responses generated ahead as these dataclasses: rebuilt
+    as the class's empty instance with its attributes set, which runs none of the file's code. Older checkpoints
+    also hold numpy's RNG key as an array."""
+    # imported here, not at the top: experience.py imports most of the trainer
+    from remix_rft.data.types import Example
+    from remix_rft.experience import FreshRollouts
+    from remix_rft.rewards.base import Score
+    from remix_rft.rollout.base import Rollout
+
+    return [FreshRollouts, Rollout, Example, Score, *NUMPY_ARRAYS]
 
 
 def write_training_state(directory: Path, training: TrainingState, phase: str) -> None:
@@ -283,9 +307,9 @@ def _write_adapters(directory: Path, training: TrainingState) -> None:
 
 def _read_adapters(directory: Path, training: TrainingState) -> None:
     lora.load_adapter(training.actor.model, directory / "adapter")
-    training.references.load_state_dict(torch.load(directory / "references.pt", weights_only=True))
+    training.references.load_state_dict(load_file(directory / "references.pt"))
     if training.critic is not None:
-        trainable = torch.load(directory / "critic.pt", weights_only=True)
+        trainable = load_file(directory / "critic.pt")
         foreign = set(trainable) - {name for name, _ in training.critic.model.named_parameters()}
         if foreign:
             raise UsageError(f"{directory / 'critic.pt'} does not fit this run's critic: {sorted(foreign)[:3]}")
@@ -311,7 +335,10 @@ def read_training_state(directory: Path, training: TrainingState, dtype: str) ->
     if training.dist.active:
         return _read_sharded(directory, training)
     references = training.references
-    trainer_state = torch.load(directory / "trainer_state.pt", weights_only=False)
+    # every file is read before any of it is applied: a refused one leaves the run's components as built
+    trainer_state = load_file(directory / "trainer_state.pt", _state_globals())
+    optim = load_file(directory / "optimizer.pt")
+    buffer = load_file(directory / "buffer.pt")
     _check_lora_checkpoint(directory, isinstance(references, AdapterReferences))
     if isinstance(references, AdapterReferences):
         _read_adapters(directory, training)
@@ -324,11 +351,10 @@ def read_training_state(directory: Path, training: TrainingState, dtype: str) ->
             references.lagged.load_state_dict(load_model(str(directory / "precedent"), dtype=dtype).state_dict())
         if training.critic is not None:
             training.critic.model.load_state_dict(ValueModel.load(directory / "critic").state_dict())
-    optim = torch.load(directory / "optimizer.pt", weights_only=False)
     training.actor.load_state_dict(optim)
     if training.critic is not None and optim["critic_optimizer"] is not None:
         training.critic.load_state_dict({"optimizer": optim["critic_optimizer"]})
-    training.buffer.load_state_dict(torch.load(directory / "buffer.pt", weights_only=False))
+    training.buffer.load_state_dict(buffer)
     training.prompts.load_state_dict(trainer_state["sampler"])
     if training.hacking is not None:
         training.hacking.load_state_dict(trainer_state.get("hacking", {}))
@@ -417,10 +443,9 @@ def _write_sharded(directory: Path, training: TrainingState, phase: str) -> None
 
 
 def _read_sharded(directory: Path, training: TrainingState) -> TrainState:
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    own = torch.load(directory / f"rank_{training.dist.rank:05d}.pt", weights_only=False)
+    own = load_file(directory / f"rank_{training.dist.rank:05d}.pt", _state_globals())
     training.state.reincarnated = own["reincarnated"]  # decides whether the checkpoint holds a reference
     references = training.references
     _check_lora_checkpoint(directory, isinstance(references, AdapterReferences))
@@ -428,7 +453,7 @@ def _read_sharded(directory: Path, training: TrainingState) -> TrainState:
         saved = json.loads((directory / "lora_references.json").read_text())
         references.load_state_dict({key: lora.adapter_snapshot(training.actor.model) for key in saved})
     state = _sharded_state(training)
-    dcp.load(state, checkpoint_id=directory / "sharded")
+    load_sharded(state, directory / "sharded")  # dcp.load, reading its pickles without running code
     for name, (model, optimizer) in _sharded_models(training).items():
         set_model_state_dict(model, state[name])
         if optimizer is not None:
