@@ -181,3 +181,35 @@ def test_pipelined_generation_on_two_processes_resumes_exactly(tmp_path):
     assert [line["rollouts/staleness"] for line in straight] == [0.0, 1.0, 1.0, 1.0]
     assert [line["rollouts/step"] for line in straight] == [4, 4, 8, 8]
     assert _comparable(straight) == _comparable(resumed)
+
+
+def test_new_rollout_options_on_two_processes_resume_exactly_and_agree_across_ranks(tmp_path):
+    """Informative replay, dynamic sampling and prompt selection (issue 34) on 2 ranks: every rank draws the same
+    prompts (one selection history, fed by every rank's outcomes), dynamic sampling's extra rounds split the missing
+    prompts over the ranks, and a run killed after step 3 and resumed logs the same metrics as an uninterrupted one."""
+    (tmp_path / "mixed_reward.py").write_text(
+        "def reward(response, example):\n"
+        "    return 0.0 if int(example.answer) % 2 == 0 else float(len(response) % 2)\n")
+    overrides = ["remix-grpo", "train.steps=5", "train.prompts_per_step=4", "train.samples_per_prompt=2",
+                 "train.minibatch_size=4", "checkpoint.every=2", "remix.offpolicy_fraction=0.5",
+                 "remix.reincarnate_at=4", "remix.kl_convex_start=0", "remix.kl_convex_interval=1",
+                 "eval.before_training=false", "eval.after_training=false", "remix.replay=informative",
+                 "train.dynamic_sampling=true", "data.selection=skip_uninformative", "data.train_options={size: 8}",
+                 f"reward.custom={tmp_path / 'mixed_reward.py'}:reward"]
+    torchrun(str(WORKER), "train", str(tmp_path / "a"), *overrides)
+    torchrun(str(WORKER), "crash", str(tmp_path / "b"), *overrides)
+    torchrun(str(WORKER), "resume", str(tmp_path / "b"), *overrides)
+    straight, resumed = read_lines(tmp_path / "a" / "run", "train"), read_lines(tmp_path / "b" / "run", "train")
+    assert [line["step"] for line in resumed] == [1, 2, 3, 4, 5]
+    assert _comparable(straight) == _comparable(resumed)
+    assert straight[-1]["selection/skipped_total"] > 0
+    # each rank trains on its share of the step's fresh prompts, less the ones buffered groups replaced
+    assert all(line["fresh/trained_groups"] + line["replay/replacements"] == (2 if line["phase"] == "mix" else 4)
+               for line in straight)
+    assert straight[-1]["rollouts/total"] == sum(line["rollouts/step"] for line in straight)
+    checkpoint = tmp_path / "a" / "run" / "checkpoints" / "step_000004"
+    ranks = [torch.load(checkpoint / f"rank_{r:05d}.pt", weights_only=True)["components"]["selection"]
+             for r in (0, 1)]
+    assert {k: v for k, v in ranks[0].items() if k != "generator"} == \
+        {k: v for k, v in ranks[1].items() if k != "generator"}
+    assert torch.equal(ranks[0]["generator"], ranks[1]["generator"])

@@ -101,3 +101,16 @@ def test_cpu_plan_compares_with_this_machines_ram(capsys):
     ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     out = capsys.readouterr().out
     assert f"GB of {ram_gb:.0f} GB" in out and "runtime (python, torch)" in out
+
+
+def test_plan_counts_what_dynamic_sampling_may_spend_and_names_the_other_options(capsys):
+    overrides = ["train.dynamic_sampling=true", "train.dynamic_sampling_max_rounds=3", "data.selection=skip_uninformative",
+                 "remix.replay=informative"]
+    # quickstart: 8 steps of 6 fresh prompts and 8 of 8, 4 samples each = 448 rollouts; dynamic sampling up to 3x
+    assert main(["plan", "--config", "quickstart", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "total rollouts over 16 steps: 448" in out
+    assert "between 448 and 1,344 rollouts (3 rounds at most)" in out
+    assert "prompt selection: the count is unchanged" in out and "informative replay: generation unchanged" in out
+    assert main(["plan", "--config", "quickstart", "--json", *overrides]) == 0
+    assert json.loads(capsys.readouterr().out)["max_total_rollouts"] == 1344

@@ -268,6 +268,23 @@ def default_device_memory_gb(device_type: str = "cuda") -> float:
     return 80.0
 
 
+def spending_lines(config: Config, total: int) -> list[str]:
+    """What the rollout-spending options (README, Spending rollouts well) do to the count above."""
+    lines = []
+    if config.train.dynamic_sampling:
+        rounds = config.train.dynamic_sampling_max_rounds
+        lines.append(f"dynamic sampling: extra rounds until every fresh group has reward variance, so between {total:,} "
+                     f"and {rounds * total:,} rollouts ({rounds} rounds at most); a share q of informative groups "
+                     f"makes it about {total:,} / q")
+    if config.data.selection != "none":
+        lines.append("prompt selection: the count is unchanged (each step still generates its planned prompts); "
+                     "skipped prompts, chosen from the outcomes, cost nothing (selection/skipped_total)")
+    if config.remix.enabled and config.remix.replay == "informative" and config.remix.replace_uninformative:
+        lines.append("informative replay: generation unchanged; fresh groups with equal rewards are replaced in the "
+                     "batch by buffered ones (replay/replacements)")
+    return lines
+
+
 def format_plan(config: Config, arch: Architecture, prompt_tokens: int, device_memory_gb: float,
                 device_type: str) -> tuple[str, bool]:
     """The printed plan and whether the estimate fits the device."""
@@ -285,6 +302,7 @@ def format_plan(config: Config, arch: Architecture, prompt_tokens: int, device_m
     for p in phases:
         lines.append(f"{p.phase:<10} {p.steps:>6} {p.generated:>15,} {p.trained:>13,} {p.optimizer_steps:>21}")
     lines.append(f"total rollouts over {t.steps} steps: {total:,}")
+    lines.extend(spending_lines(config, total))
     if config.auto_reincarnation:  # the step is decided during the run: the table is the latest switch
         from remix_rft.schedule import build_schedule
 
@@ -344,7 +362,8 @@ def plan_command(args: argparse.Namespace) -> int:
     if args.json:
         estimate = memory_estimate(config, arch, args.prompt_tokens, device_type)
         phases, total = step_arithmetic(config)
-        print(json.dumps({"parameters": arch.parameters, "total_rollouts": total,
+        rounds = config.train.dynamic_sampling_max_rounds if config.train.dynamic_sampling else 1
+        print(json.dumps({"parameters": arch.parameters, "total_rollouts": total, "max_total_rollouts": rounds * total,
                           "phases": [p.__dict__ for p in phases], "memory": estimate}, indent=2))
         return 0
     text, _ = format_plan(config, arch, args.prompt_tokens, memory, device_type)
