@@ -82,7 +82,7 @@ def test_switching_the_data_source_drops_the_config_files_arithmetic_options(cap
     assert yaml.safe_load(capsys.readouterr().out)["data"]["train_options"] == {"config": "main"}
     assert main(["train", "--print-config", "data.train=arithmetic", "data.train_options={size: 50}"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["data"]["train_options"] == {
-        "digits": [1, 2], "operations": "+-", "size": 50}
+        "digits": 1, "operations": "+-", "size": 50}
     _fails_cleanly(capsys, ["train", "--print-config", f"data.train={my}", "data.train_options={size: 5}"],
                    "data.train_options", "'size'", "data.train_options={}")
     _fails_cleanly(capsys, ["train", "--print-config", "data.train_options={digit: 2}"],

@@ -162,6 +162,7 @@ def test_signal_metrics_by_hand():
 def test_config_checks_the_new_options(tmp_path):
     for override, key in (("remix.replay=fifo", "remix.replay"), ("remix.replay_recency=0", "remix.replay_recency"),
                           ("remix.max_replays=0", "remix.max_replays"), ("data.selection=greso", "data.selection"),
+                          ("remix.replay_m2_threshold=0", "remix.replay_m2_threshold"),
                           ("data.selection_max_skip=1.0", "data.selection_skip_base/max_skip"),
                           ("train.dynamic_sampling_max_rounds=0", "train.dynamic_sampling_max_rounds")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -243,3 +244,31 @@ def test_new_options_with_pipelining_masks_and_lora(tmp_path, mixed):
     assert [line["step"] for line in lines] == [1, 2, 3, 4]
     assert lines[-1]["rollouts/total"] == sum(line["rollouts/step"] for line in lines)
     assert all(line["fresh/trained_groups"] + line["replay/groups"] <= 4 for line in lines)
+
+
+# ------------------------------------------------------------------------------ M2PO's second-moment mask
+def test_second_moment_mask_leaves_out_the_fewest_outliers_by_hand():
+    from remix_rft.algos import second_moment_mask
+
+    log_ratio = torch.tensor([[0.1, 0.5, -0.3, 0.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]])  # squares 0.01, 0.25, 0.09, 0 (and a padded position)
+    # M2 = 0.35 / 4 = 0.0875: within 0.1 nothing leaves; for 0.04 the 0.25 leaves (0.10 / 3 = 0.033)
+    assert second_moment_mask(log_ratio, mask, 0.1).tolist() == [[1, 1, 1, 1, 0]]
+    assert second_moment_mask(log_ratio, mask, 0.04).tolist() == [[1, 0, 1, 1, 0]]
+    # for 0.01 the 0.09 leaves too (0.01 / 2 = 0.005)
+    assert second_moment_mask(log_ratio, mask, 0.01).tolist() == [[1, 0, 0, 1, 0]]
+    with_inf = torch.tensor([[0.0, float("-inf"), 0.1, 0.0, 0.0]])
+    assert second_moment_mask(with_inf, mask, 0.04).tolist() == [[1, 0, 1, 1, 0]]
+    with pytest.raises(ValueError, match="> 0"):
+        second_moment_mask(log_ratio, mask, 0.0)
+
+
+def test_replay_m2_mask_in_training_weighs_out_stale_replayed_tokens(tmp_path, mixed):
+    trainer = run_training(tiny_config(tmp_path, "remix-grpo", mixed, *REMIX, "train.steps=4", "remix.reincarnate_at=3",
+                                       "remix.replay_m2_threshold=1e-6", "train.lr=1e-2"))
+    lines = read_lines(trainer.run_dir, "train")
+    replayed = [line for line in lines if line["replay/groups"] > 0]
+    assert replayed and all("replay/m2" in line for line in lines if line["phase"] == "mix")
+    # a large step moves pi_k away from the replayed groups' mu, and a tiny threshold leaves out their outliers
+    assert max(line["replay/m2"] for line in replayed) > 1e-6
+    assert all(0 < line["replay/m2_masked_share"] < 1 for line in replayed if line["replay/m2"] > 1e-6)

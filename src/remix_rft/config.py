@@ -178,6 +178,9 @@ class ReMixConfig:
     max_replays: int = 2  # informative: a group is replayed at most this many times
     # informative: buffered groups replace fresh groups with all-equal rewards (GRPO advantage 0) in the mix phase
     replace_uninformative: bool = True
+    # M2PO's second-moment mask on replayed tokens (algos.second_moment_mask): null = off; else the fewest replayed
+    # tokens with the largest (log pi_k/mu)^2 leave the loss that bring the mean of the rest to at most this (0.04)
+    replay_m2_threshold: float | None = None
 
 
 @dataclass
@@ -406,6 +409,8 @@ class Config:
         _check(r.replay in ("uniform", "informative"), "remix.replay", f"must be uniform or informative, got {r.replay!r}")
         _check(0 < r.replay_recency <= 1, "remix.replay_recency", f"must be in (0, 1], got {r.replay_recency}")
         _check(r.max_replays >= 1, "remix.max_replays", f"must be >= 1, got {r.max_replays}")
+        _check(r.replay_m2_threshold is None or r.replay_m2_threshold > 0, "remix.replay_m2_threshold",
+               f"must be > 0 or null, got {r.replay_m2_threshold}")
         _check(not t.dynamic_sampling or t.samples_per_prompt >= 2, "train.dynamic_sampling",
                "keeps groups whose rewards differ, so it needs train.samples_per_prompt >= 2")
         _check(t.dynamic_sampling_max_rounds >= 1, "train.dynamic_sampling_max_rounds",

@@ -229,6 +229,8 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
         if cut_off is not None and bool(cut_off.any()):
             kept = (~cut_off).float()
             batch.is_weights = kept * (mask if batch.is_weights is None else batch.is_weights)
+        if config.remix.replay_m2_threshold is not None and plan.replay_prompts > 0:
+            metrics.update(replay_second_moment_mask(batch, config.remix.replay_m2_threshold))
         # the KL anchors stay on the full distribution: KL(truncated pi_theta || pi_ref) is finite, while a truncated
         # reference would make it infinite on every token the policy samples outside the reference's own top-p set
         if references.reference is not None:
@@ -276,6 +278,21 @@ def outside_truncation(batch: StepBatch) -> torch.Tensor:
     if bool(outside.any()):
         batch.proximal_logp = torch.where(outside, batch.behaviour_logp, batch.proximal_logp)
     return outside
+
+
+def replay_second_moment_mask(batch: StepBatch, threshold: float) -> dict[str, float]:
+    """remix.replay_m2_threshold: M2PO's mask over the replayed tokens, from log pi_k / mu (how stale each replayed
+    token is before the update); a left-out token gets weight 0. Both metrics exist on every rank (0 without
+    replayed rows), so the ranks reduce the same keys."""
+    mask = batch.tokens.response_mask
+    replay_mask = mask * batch.is_replay[:, None].to(mask.dtype)
+    log_ratio = batch.proximal_logp - batch.behaviour_logp
+    keep = algos.second_moment_mask(log_ratio, replay_mask, threshold)
+    tokens = float(replay_mask.sum())
+    weights = torch.where(batch.is_replay[:, None], keep.float(), torch.ones_like(keep, dtype=torch.float32))
+    batch.is_weights = weights * (mask if batch.is_weights is None else batch.is_weights)
+    return {"replay/m2": float(algos.masked_mean(log_ratio.float() ** 2, replay_mask)) if tokens else 0.0,
+            "replay/m2_masked_share": float((replay_mask - keep).sum()) / tokens if tokens else 0.0}
 
 
 def share_by_kind(prefix: str, name: str, flags: torch.Tensor, batch: StepBatch) -> dict[str, float]:

@@ -121,6 +121,7 @@ def reduce_over_ranks(record: dict[str, Any], dist, rollouts: int, tokens: float
     weighted.append(("replay/mean_age", record["replay/groups"]))
     if "replay/informative_share" in record:
         weighted.append(("replay/informative_share", record["replay/groups"]))
+    weighted += [(k, record["rollouts/replayed"]) for k in ("replay/m2", "replay/m2_masked_share") if k in record]
     values = [float(record[k]) for k in sums] + [float(record[k]) * w for k, w in weighted]
     values += [float(w) for _, w in weighted]
     reduced = dist.all_reduce(values)

@@ -37,6 +37,7 @@ from remix_rft.algos.is_correction import (
     mismatch_is_weights,
     mismatch_mask,
     raw_is_weights,
+    second_moment_mask,
 )
 from remix_rft.algos.registry import (
     ADVANTAGE_ESTIMATORS,
@@ -80,6 +81,7 @@ __all__ = [
     "policy_loss",
     "ratio_statistics",
     "raw_is_weights",
+    "second_moment_mask",
     "register_advantage_estimator",
     "register_policy_loss",
     "sequence_rewards_to_tokens",

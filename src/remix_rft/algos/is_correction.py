@@ -165,3 +165,33 @@ def mask_statistics(keep: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
         "token_share": float(dropped.sum() / valid.sum()),
         "sequence_share": float(dropped.any(dim=-1)[responses].float().mean()),
     }
+
+
+def second_moment_mask(log_ratio: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """M2PO's second-moment trust mask (Zheng et al. 2025, "Prosperity before Collapse"): keep [B, T] in {0, 1}.
+
+    M2 = mean over the masked tokens of (log r)^2. While M2 > `threshold`, the token with the largest (log r)^2 is
+    left out and M2 is taken again over the tokens kept: the fewest outliers are removed that bring the second
+    moment of the kept tokens to at most `threshold` (M2PO's default 0.04). Positions outside `mask` stay 0; a
+    non-finite log-ratio is always left out."""
+    if threshold <= 0:
+        raise ValueError(f"the second-moment threshold must be > 0, got {threshold}")
+    valid = mask > 0
+    squared = torch.where(valid, log_ratio.float() ** 2, torch.zeros((), dtype=torch.float32))
+    squared = torch.where(torch.isfinite(squared), squared, torch.full((), float("inf")))
+    values, order = torch.sort(squared[valid], descending=True)
+    count = values.numel()
+    keep = valid.clone()
+    if count == 0:
+        return keep.to(mask.dtype)
+    # M2 after leaving out the k largest, k = 0..count-1 (inf where an infinite value is still in)
+    finite = torch.where(torch.isfinite(values), values, torch.zeros(()))
+    tail = finite.flip(0).cumsum(0).flip(0)  # tail[k] = sum of values[k:]
+    infinite_left = (~torch.isfinite(values)).flip(0).cumsum(0).flip(0) > 0
+    m2 = torch.where(infinite_left, torch.full((), float("inf")), tail / torch.arange(count, 0, -1))
+    ok = (m2 <= threshold).nonzero()
+    drop = int(ok[0]) if ok.numel() else count - 1  # at least one token stays: the smallest
+    kept_flat = torch.ones(count, dtype=torch.bool)
+    kept_flat[order[:drop]] = False
+    keep[valid] = kept_flat
+    return keep.to(mask.dtype)
