@@ -213,3 +213,17 @@ def test_new_rollout_options_on_two_processes_resume_exactly_and_agree_across_ra
     assert {k: v for k, v in ranks[0].items() if k != "generator"} == \
         {k: v for k, v in ranks[1].items() if k != "generator"}
     assert torch.equal(ranks[0]["generator"], ranks[1]["generator"])
+
+
+def test_top_p_with_replay_on_one_rank_only_runs_and_logs_the_replay_statistics(tmp_path):
+    """Issue 35: 4 prompts a step with p = 0.25 replays one group, so only rank 0 has replayed rows; with top-p its
+    `truncation/replay_*` keys used to make the ranks all-reduce lists of different lengths (gloo: "Received data
+    size doesn't match expected size" at step 2)."""
+    overrides = ["remix-grpo", "train.steps=3", "train.prompts_per_step=4", "train.samples_per_prompt=2",
+                 "train.minibatch_size=4", "remix.offpolicy_fraction=0.25", "rollout.top_p=0.9",
+                 "remix.reincarnate_at=null", "eval.before_training=false", "eval.after_training=false",
+                 "checkpoint.save_final=false"]
+    torchrun(str(WORKER), "train", str(tmp_path), *overrides)
+    lines = read_lines(tmp_path / "run", "train")
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    assert all(line["replay/groups"] == 1 and "truncation/replay_masked_share" in line for line in lines[1:])

@@ -216,7 +216,11 @@ class _TwoRanks:
                 return out
 
             def all_gather_object(self, value):
-                return [value, value]
+                outer.lists[index] = value
+                outer.barrier.wait()
+                out = list(outer.lists)
+                outer.barrier.wait()
+                return out
 
         return Rank()
 
@@ -249,3 +253,44 @@ def test_mismatch_metrics_reduce_over_ranks_token_weighted():
     assert reduced["truncation/fresh_masked_share"] == pytest.approx(0.2 * 300 / 400)
     assert reduced["is_correction/weight_mean"] == pytest.approx((1.0 * 100 + 0.5 * 300) / 400)
     assert reduced["is_correction/weight_min"] == 0.3 and reduced["is_correction/raw_ratio_max"] == 1.5
+
+
+def _reduce_on_two_ranks(records, **per_rank):
+    """reduce_over_ranks on two threads; `per_rank` maps a keyword to its (rank 0, rank 1) values."""
+    import threading
+
+    from remix_rft.metrics import reduce_over_ranks
+
+    dist, out = _TwoRanks(), [None, None]
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, reduce_over_ranks(
+        records[i], dist.rank(i), **{k: v[i] for k, v in per_rank.items()}))) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert out[0] is not None and out[1] is not None, "a rank hung"
+    return out
+
+
+def test_ranks_with_and_without_replayed_rows_reduce_the_same_keys_weighted_by_their_own_tokens():
+    """Issue 35: with top-p, `truncation/replay_*` (and the mismatch masks' and IS weights' replay_ keys) exist
+    only on ranks holding replayed rows; every rank must still reduce the same list, and a fresh_/replay_ key is
+    weighted by that kind's tokens. Rank 0: 60 fresh + 40 replayed tokens; rank 1: 300 fresh, none replayed."""
+    base = {"replay/groups": 1, "replay/mean_age": 1.0, "rollouts/replayed": 2, "ratio/mean": 1.01}
+    records = [{**base, "truncation/masked_share": 0.1, "truncation/fresh_masked_share": 0.05,
+                "truncation/replay_masked_share": 0.175, "is_correction/replay_weight_min": 0.4,
+                "is_correction/replay_raw_ratio_max": 3.0, "mismatch_mask/replay_sequence_share": 0.5},
+               {**base, "replay/groups": 0, "rollouts/replayed": 0, "truncation/masked_share": 0.2,
+                "truncation/fresh_masked_share": 0.2, "late/only_here": 7}]
+    out = _reduce_on_two_ranks(records, rollouts=(10, 30), tokens=(100.0, 300.0),
+                               kind_tokens=({"fresh": 60.0, "replay": 40.0}, {"fresh": 300.0, "replay": 0.0}),
+                               kind_rows=({"fresh": 6, "replay": 4}, {"fresh": 30, "replay": 0}))
+    assert out[0] == out[1]
+    reduced = out[0]
+    assert reduced["truncation/masked_share"] == pytest.approx((0.1 * 100 + 0.2 * 300) / 400)
+    assert reduced["truncation/fresh_masked_share"] == pytest.approx((0.05 * 60 + 0.2 * 300) / 360)
+    assert reduced["truncation/replay_masked_share"] == pytest.approx(0.175)  # rank 0's 40 tokens alone
+    assert reduced["is_correction/replay_weight_min"] == 0.4 and reduced["is_correction/replay_raw_ratio_max"] == 3.0
+    assert reduced["mismatch_mask/replay_sequence_share"] == pytest.approx(0.5)
+    assert reduced["replay/mean_age"] == pytest.approx(1.0) and reduced["rollouts/replayed"] == 2
+    assert reduced["late/only_here"] == 7 and reduced["ratio/mean"] == 1.01

@@ -97,40 +97,79 @@ _BY_KIND = ("", "fresh_", "replay_")
 SUM_METRICS = ("rollouts/step", "rollouts/replayed", "replay/groups", "tokens/step", "buffer/groups", "fresh/groups",
                "fresh/trained_groups", "fresh/informative_groups", "replay/informative_groups", "replay/replacements")
 # the prompt selector's counters are global (every rank holds the same history)
-MAX_METRICS = ("selection/skipped", "selection/skipped_total", "response_length/max", "logprob_mismatch/max", *(f"is_correction/{k}raw_ratio_max" for k in _BY_KIND))
+MAX_METRICS = ("selection/skipped", "selection/skipped_total", "response_length/max", "logprob_mismatch/max",
+               "logprob_mismatch/fresh_max", "logprob_mismatch/replay_max",
+               *(f"is_correction/{k}raw_ratio_max" for k in _BY_KIND))
 MIN_METRICS = tuple(f"is_correction/{k}weight_min" for k in _BY_KIND)
-ROLLOUT_MEANS = ("reward/mean", "accuracy/train", "fresh/informative_share", "response_length/mean", "response_length/truncated_share",
-                 *(f"mismatch_mask/{k}sequence_share" for k in _BY_KIND))
-TOKEN_MEANS = ("entropy", "advantage/nonzero_token_share", "kl/base", "kl/precedent", "logprob_mismatch/mean", "logprob_mismatch/outside_clip_share",
+ROLLOUT_MEANS = ("reward/mean", "accuracy/train", "fresh/informative_share", "response_length/mean",
+                 "response_length/truncated_share", *(f"mismatch_mask/{k}sequence_share" for k in _BY_KIND))
+TOKEN_MEANS = ("entropy", "advantage/nonzero_token_share", "kl/base", "kl/precedent", "logprob_mismatch/mean",
+               "logprob_mismatch/outside_clip_share", "logprob_mismatch/fresh_mean", "logprob_mismatch/replay_mean",
                *(f"is_correction/{k}{name}" for k in _BY_KIND for name in ("raw_ratio_mean", "weight_mean",
                                                                              "capped_fraction")),
                *(f"mismatch_mask/{k}token_share" for k in _BY_KIND),
                *(f"truncation/{k}masked_share" for k in _BY_KIND))
+# means over the replayed groups or responses: weighted by this rank's count of them
+_REPLAY_MEANS = {"replay/mean_age": "replay/groups", "replay/informative_share": "replay/groups",
+                 "replay/m2": "rollouts/replayed", "replay/m2_masked_share": "rollouts/replayed"}
+_KIND_FAMILIES = ("truncation", "mismatch_mask", "is_correction", "logprob_mismatch")
 
 
-def reduce_over_ranks(record: dict[str, Any], dist, rollouts: int, tokens: float) -> dict[str, Any]:
+def row_kind(key: str) -> str | None:
+    """"fresh" / "replay" for a statistic measured over that kind of row only (`truncation/replay_masked_share`)."""
+    family, _, name = key.partition("/")
+    if family in _KIND_FAMILIES:
+        for kind in ("fresh", "replay"):
+            if name.startswith(f"{kind}_"):
+                return kind
+    return None
+
+
+def reduce_over_ranks(record: dict[str, Any], dist, rollouts: int, tokens: float,
+                      kind_tokens: dict[str, float] | None = None,
+                      kind_rows: dict[str, float] | None = None) -> dict[str, Any]:
     """Combine a step record over ranks: counts add up, maxima and wall times take the maximum, means are
-    weighted by each rank's rollouts (or response tokens; replay ages by replayed groups)."""
+    weighted by each rank's rollouts (or response tokens; replay ages by replayed groups). A statistic of one kind
+    of row (`row_kind`) is weighted by that kind's response tokens (`kind_tokens`) or rows (`kind_rows`).
+
+    Every rank reduces the union of the ranks' keys, in one order: a rank without replayed rows has no
+    `*/replay_*` statistics, and enters them with weight 0 (a sum's 0, a maximum's -inf, a minimum's +inf). Lists
+    of different lengths would fail on gloo and hang or read garbage on NCCL."""
     if not dist.active:
         return record
+    keys = sorted(set().union(*dist.all_gather_object(sorted(record))))
     out = dict(record)
-    sums = [k for k in record if k in SUM_METRICS or k.startswith("verifier/")]
-    maxima = [k for k in record if k in MAX_METRICS or k.startswith(("time/", "memory/"))]
-    weighted = [(k, rollouts) for k in record if k in ROLLOUT_MEANS]
-    weighted += [(k, tokens) for k in record if k in TOKEN_MEANS]
-    weighted.append(("replay/mean_age", record["replay/groups"]))
-    if "replay/informative_share" in record:
-        weighted.append(("replay/informative_share", record["replay/groups"]))
-    weighted += [(k, record["rollouts/replayed"]) for k in ("replay/m2", "replay/m2_masked_share") if k in record]
-    values = [float(record[k]) for k in sums] + [float(record[k]) * w for k, w in weighted]
-    values += [float(w) for _, w in weighted]
+    kind_tokens, kind_rows = kind_tokens or {}, kind_rows or {}
+
+    def value(key: str) -> float:
+        return float(record[key]) if key in record else 0.0
+
+    def weight(key: str, base: float, by_kind: dict[str, float]) -> float:
+        if key not in record:
+            return 0.0
+        kind = row_kind(key)
+        return float(by_kind.get(kind, base)) if kind else float(base)
+
+    sums = [k for k in keys if k in SUM_METRICS or k.startswith("verifier/")]
+    maxima = [k for k in keys if k in MAX_METRICS or k.startswith(("time/", "memory/"))]
+    minima = [k for k in keys if k in MIN_METRICS]
+    weighted = [(k, weight(k, rollouts, kind_rows)) for k in keys if k in ROLLOUT_MEANS]
+    weighted += [(k, weight(k, tokens, kind_tokens)) for k in keys if k in TOKEN_MEANS]
+    weighted += [(k, value(count) if k in record else 0.0) for k, count in _REPLAY_MEANS.items() if k in keys]
+    values = [value(k) for k in sums] + [value(k) * w for k, w in weighted] + [w for _, w in weighted]
     reduced = dist.all_reduce(values)
-    out.update(zip(sums, (int(v) if isinstance(record[k], int) else v for k, v in zip(sums, reduced))))
+    out.update((k, int(v) if isinstance(record.get(k, 0), int) else v) for k, v in zip(sums, reduced))
     products, weights = reduced[len(sums):len(sums) + len(weighted)], reduced[len(sums) + len(weighted):]
     out.update({k: (p / w if w else 0.0) for (k, _), p, w in zip(weighted, products, weights)})
-    out.update(zip(maxima, dist.all_reduce([float(record[k]) for k in maxima], op="max")))
-    minima = [k for k in record if k in MIN_METRICS]
-    out.update(zip(minima, dist.all_reduce([float(record[k]) for k in minima], op="min")))
+    out.update(zip(maxima, dist.all_reduce([value(k) if k in record else -math.inf for k in maxima], op="max")))
+    out.update(zip(minima, dist.all_reduce([value(k) if k in record else math.inf for k in minima], op="min")))
+    # anything else is the same on every rank; a key only some ranks have comes from the first that has it (the
+    # list is built from `keys`, the same on every rank, so every rank joins the gather or none does)
+    reduced_keys = {*sums, *maxima, *minima, *(k for k, _ in weighted)}
+    others = [k for k in keys if k not in reduced_keys]
+    if others:
+        for held in dist.all_gather_object({k: record[k] for k in others if k in record}):
+            out.update({k: v for k, v in held.items() if k not in out})
     memory = [k for k in record if k.startswith("memory/")]
     for rank, values in enumerate(dist.all_gather_object([record[k] for k in memory])):
         out.update({f"{k}/rank{rank}": v for k, v in zip(memory, values)})

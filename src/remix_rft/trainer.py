@@ -323,7 +323,11 @@ class Trainer:
                   **pass_metrics, **update_metrics, **hacking,
                   **{f"time/{k}": v for k, v in times.items()}, **perf.throughput_metrics(work, times, peak_flops),
                   **metrics.peak_memory_mb(self.device)}
-        record = metrics.reduce_over_ranks(record, self.dist, len(rollouts), float(batch.tokens.response_mask.sum()))
+        mask, replay = batch.tokens.response_mask, batch.is_replay
+        record = metrics.reduce_over_ranks(
+            record, self.dist, len(rollouts), float(mask.sum()),
+            kind_tokens={"fresh": float(mask[~replay].sum()), "replay": float(mask[replay].sum())},
+            kind_rows={"fresh": float((~replay).sum()), "replay": float(replay.sum())})
         record["distributed/world_size"] = self.dist.world_size
         if self.pipeline is not None:  # policy versions the fresh responses lag behind (0 synchronous, 1 pipelined)
             lag, groups = self.dist.all_reduce([float(sum(step - g.version for g in fresh_groups)),
