@@ -163,6 +163,36 @@ def test_an_adaptive_reincarnation_tops_up_the_responses_generated_ahead(tmp_pat
     assert train[2]["rollouts/staleness"] == 0.5
 
 
+def test_the_top_up_samples_apart_from_the_job_generated_ahead(tmp_path, monkeypatch):
+    """Issue 35: the top-up reused the pipelined job's sampling seed, so other prompts' responses shared 88% of their
+    tokens with the job's (the same random draws at every position). Salted, they share what chance gives."""
+    from remix_rft.trainer import Trainer
+
+    seen = {}
+    learn = Trainer.learn
+
+    def capture(self, step, plan, fresh):
+        seen[step] = fresh
+        return learn(self, step, plan, fresh)
+
+    monkeypatch.setattr(Trainer, "learn", capture)
+    config = tiny_config(tmp_path, "remix-grpo", "train.steps=3", "remix.offpolicy_fraction=0.5",
+                         "remix.reincarnate_at=auto", "remix.auto_reincarnation.min_step=2",
+                         "remix.auto_reincarnation.window=1", "remix.auto_reincarnation.plateau_steps=1",
+                         "remix.auto_reincarnation.plateau_min_gain=10", "eval.before_training=false",
+                         "eval.after_training=false", "rollout.pipeline=true", "rollout.max_new_tokens=16",
+                         "train.samples_per_prompt=4", "train.minibatch_size=8")
+    run_training(config)
+    rollouts = seen[3].rollouts
+    ahead, topped = rollouts[:len(rollouts) // 2], rollouts[len(rollouts) // 2:]
+    same = total = 0
+    for a, b in zip(ahead, topped):
+        n = min(len(a.response_ids), len(b.response_ids))
+        same += sum(x == y for x, y in zip(a.response_ids[:n], b.response_ids[:n]))
+        total += n
+    assert total > 0 and same / total < 0.3, f"{same} of {total} tokens shared"
+
+
 def test_a_lora_policy_reaches_the_snapshot_merged():
     from remix_rft import lora
 
