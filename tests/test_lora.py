@@ -287,3 +287,19 @@ def test_lora_kill_and_resume_on_two_processes_matches_uninterrupted_run(tmp_pat
     checkpoint = tmp_path / "b" / "run" / "checkpoints" / "step_000004"
     assert (checkpoint / "adapter" / "adapter_model.safetensors").exists()
     assert (checkpoint / "policy" / "model.safetensors").exists()
+
+
+def test_the_critics_value_head_trains_at_the_full_finetuning_rate_and_its_adapters_at_loras():
+    """Issue 35 item 7: under LoRA the value head is trained in full, so it takes train.critic_lr, not the adapters'
+    10x rate (config.critic_lr)."""
+    from remix_rft.critic import Critic
+
+    config = load_config("ppo", ["model.name=tiny-random", "model.lora.r=4", "train.critic_lr=2e-5"])
+    policy = load_model("tiny-random", dtype="float32")
+    critic = Critic(policy, config, torch.device("cpu"))
+    names = {id(p): name for name, p in critic.model.named_parameters()}
+    groups = [(group["lr"], {names[id(p)] for p in group["params"]}) for group in critic.optimizer.param_groups]
+    assert len(groups) == 2
+    (adapter_lr, adapters), (head_lr, head) = groups
+    assert adapter_lr == pytest.approx(2e-4) and all("lora_" in name for name in adapters)
+    assert head_lr == pytest.approx(2e-5) and head == {"value_head.weight", "value_head.bias"}

@@ -36,8 +36,13 @@ class Critic:
             lora.inject(model.trunk, lora_settings.r, lora_settings.alpha, lora_settings.dropout,
                         lora_settings.peft_target_modules)
         self.model = dist.shard(model, bf16=config.model.bf16)
-        self.optimizer = build_adamw([p for p in self.model.parameters() if p.requires_grad], config.critic_lr,
-                                     config.train.weight_decay)
+        trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        parameters: list = [p for _, p in trainable]
+        if lora_settings.enabled:  # adapters at LoRA's rate (10x); the fully trained head at the full-finetuning one
+            head = [p for name, p in trainable if "value_head" in name]
+            parameters = [{"params": [p for name, p in trainable if "value_head" not in name], "lr": config.critic_lr},
+                          {"params": head, "lr": config.train.critic_lr}]
+        self.optimizer = build_adamw(parameters, config.critic_lr, config.train.weight_decay)
 
     def update(self, batch: StepBatch, plan: StepPlan, step: int) -> dict[str, float]:
         cfg = self.config
