@@ -271,6 +271,7 @@ class Trainer:
         replay_groups = self.buffer.sample(replay_count, step) if replay_count else []
         replacements = max(replay_count - planned, 0)
         fresh_groups = informative.replace_uninformative(fresh_groups, replacements)
+        self.ledger = self._prompt_ledger(step, generated, fresh_groups, replay_groups)
         batch = experience.assemble(fresh_groups, replay_groups, self.pad_id, self.device)
 
         # 4. log-prob passes without grad
@@ -334,6 +335,15 @@ class Trainer:
                                                 float(len(fresh_groups))])
             record["rollouts/staleness"] = lag / max(groups, 1.0)
         return record
+
+    def _prompt_ledger(self, step: int, generated: list, trained: list, replayed: list) -> dict[str, Any]:
+        """The step's line of the prompt ledger (metrics.jsonl, type "ledger"): the training-set indices it generated
+        for, trained on fresh, and replayed (with the version that generated them), every rank's in rank order. A
+        resumed run must write the same lines as an uninterrupted one (tests/test_invariants.py)."""
+        mine = {"generated": [g.meta["index"] for g in generated], "trained": [g.meta["index"] for g in trained],
+                "replayed": [[g.meta["index"], g.version] for g in replayed]}
+        ranks = self.dist.all_gather_object(mine)
+        return {"type": "ledger", "step": step, **{key: [x for rank in ranks for x in rank[key]] for key in mine}}
 
     def _selection_metrics(self) -> dict[str, int]:
         """Prompts the selector skipped (cost nothing, generated nothing) since the last record, and in all."""
@@ -479,6 +489,7 @@ class Trainer:
             if self.pipeline is not None and cfg.rollout.max_staleness == 0 and not self.stop_requested():
                 self._launch_generation(step + 1)  # after the update (and any reincarnation decision): no overlap
             self._log(record)
+            self._log(self.ledger)
             alarm = self.dist.broadcast_object(self.hacking.alarm)  # rank 0's monitor decides for every rank
             if self.dist.is_main:
                 if alarm is not None:
