@@ -1,4 +1,4 @@
-"""`remix-rft` command line: train, eval, plot, plan."""
+"""`remix-rft` command line: train, eval, plot, plan, docs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from remix_rft.errors import PathNotFoundError, UserError, one_line
 
 # The overrides a newcomer reaches for first, one working example each (tests load every example against the
-# default config). `remix-rft train --print-config` shows every key; README.md's config reference explains them.
+# default config). `remix-rft train --print-config` shows every key; docs/reference/config.md explains them.
 COMMON_OVERRIDES: tuple[tuple[str, str], ...] = (
     ("model.name=HuggingFaceTB/SmolLM2-360M-Instruct", "a local HF folder, a cached hub name, tiny-random"),
     ("model.device=cuda", "auto (default), cpu, cuda, cuda:N"),
@@ -154,6 +154,40 @@ def train_command(args: argparse.Namespace) -> int:
     return 3 if trainer.stop_reason is not None else 0  # 3: ended by the reward-hacking alarm
 
 
+def package_version() -> str:
+    """The installed distribution's version (the package's own when run from a source tree that is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("remix-rft")
+    except PackageNotFoundError:
+        from remix_rft import __version__
+
+        return __version__
+
+
+# src/remix_rft/cli.py -> the checkout, which holds docs/ and mkdocs.yml (an installed wheel has neither)
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def docs_command(args: argparse.Namespace) -> int:
+    """Print where the documentation is: the built site if there is one, else the Markdown sources and how to build."""
+    root = SOURCE_ROOT
+    docs, site = root / "docs", root / "site" / "index.html"
+    if not (root / "mkdocs.yml").is_file() or not (docs / "index.md").is_file():
+        print("the documentation is not installed with the package: read docs/ in the remix-rft source repository "
+              "(README.md links every page)")
+        return 0
+    if site.is_file():
+        print(f"documentation (built site): {site}")
+    else:
+        print(f"documentation (Markdown sources, not built): {docs}")
+        print(f"build the site: cd {root} && pip install -e '.[docs]' && mkdocs build --strict  # -> {site}")
+    print(f"start at: {docs / 'index.md'}; config reference: {docs / 'reference' / 'config.md'}; "
+          f"index for coding assistants: {docs / 'llms.txt'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `remix-rft` parser; each subcommand sets `handler`, the function `main` calls with the parsed args."""
     from remix_rft.evaluation import add_eval_arguments, eval_command
@@ -163,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="remix-rft", description=__doc__,
                                      epilog="'remix-rft COMMAND --help' shows the command's options and examples")
     parser.add_argument("--debug", action="store_true", help="show the traceback of input errors too")
+    parser.add_argument("--version", action="version", version=f"remix-rft {package_version()}")
     # on each subcommand as well (`remix-rft train --debug ...`); SUPPRESS keeps it from resetting the top-level flag
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -185,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "weights", parents=[common], formatter_class=raw)
     add_plan_arguments(plan)
     plan.set_defaults(handler=plan_command)
+    docs = sub.add_parser("docs", help="print where the documentation is (the built site, else the Markdown sources "
+                                       "and how to build it)", parents=[common])
+    docs.set_defaults(handler=docs_command)
     return parser
 
 
