@@ -86,7 +86,7 @@ def test_preset_errors_name_the_file_and_key(efficiency, tmp_path):
     bad.write_text(cpu.replace("group: main, engine: trl", "group: baselines, engine: trl"))
     with pytest.raises(efficiency.PresetError, match=r"runs\[4\]: group 'baselines' is not under 'groups'"):
         efficiency.load_preset(str(bad))
-    with pytest.raises(efficiency.PresetError, match=r"built-in presets: \['cpu', 'cpu-reincarnation', 'gpu'\]"):
+    with pytest.raises(efficiency.PresetError, match=r"built-in presets: \['cpu', 'cpu-reincarnation', 'cpu-reuse', 'gpu'\]"):
         efficiency.load_preset("tpu")
 
 
