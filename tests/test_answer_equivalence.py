@@ -4,7 +4,9 @@ worker graded it.
 
 The table holds our own examples of the classes that other projects' grader tests exercise (mixed numbers, several
 boxes, final statements with a subject, display math, LaTeX variants, locale marks, scientific notation, trailing
-remarks, hedges). Every class has cases in both directions: a grader that accepts everything passes no class, and
+remarks, hedges), and of the policy decisions of answer_policy.py's module doc: a box left open, the percent sign,
+yes/no and named choices, tuples answered as named assignments, the answer first with an explanation after, and
+exact powers. Every class has cases in both directions: a grader that accepts everything passes no class, and
 one that rejects everything passes none either. Adversarial forms (restatements, evaluations) live in
 tests/test_grader_redteam.py.
 """
@@ -28,6 +30,15 @@ PROBLEM = "Find the value."
 AS_DECIMAL = "Express $\\frac{3}{8}$ as a decimal."
 AS_FRACTION = "Express 0.375 as a common fraction."
 NEAREST = "What is $\\frac{1}{3}$ rounded to the nearest thousandth?"
+WHAT_PERCENT = "What percent of 200 is 50?"
+YES_NO = "Is 221 a prime number? Answer yes or no."
+PARITY = "Is the function $f(x) = x^3 + x$ even, odd, or neither?"
+NAMED = "Solve for $x$ and $y$: $x + y = 5$ and $x - y = 1$."
+UNNAMED = "Solve the system $y + x = 5$, $y - x = -1$."
+ORDERED = "Find the ordered pair $(b, a)$ such that $a + b = 5$ and $a - b = 1$."
+CUBED = "What is 10 cubed?"
+POWER = "What is $2^{10}$?"
+AS_INTEGER = "How many grams are in a kilogram? Express your answer as an integer."
 
 # (class, ground truth, response, correct?[, problem]); the problem is PROBLEM unless given.
 CASES = [
@@ -144,8 +155,86 @@ CASES = [
     ("conversion", "0.375", "\\boxed{\\frac{3}{8}}", False, AS_DECIMAL),
     ("conversion", "\\frac{3}{8}", "\\boxed{0.375}", False, AS_FRACTION),
     ("conversion", "0.333", "\\boxed{1/3}", False, NEAREST),
+    # A box left open at the end is no final answer: the response stops inside it, whatever came before.
+    ("unclosed", "12", "so the answer is \\boxed{12}", True),
+    ("unclosed", "\\{1, 2\\}", "The set is \\boxed{\\{1, 2\\}}.", True),
+    ("unclosed", "12", "so the answer is \\boxed{12", False),
+    ("unclosed", "12", "A first guess is \\boxed{12}, so the answer is \\boxed{12", False),
+    ("unclosed", "12", "\\boxed{\\frac{24}{2} = 12", False),
+    # A percent sign means "of 100" and applies to the whole number, in every number form, unless the question asks
+    # for a percent (or the truth is one): then 25 and 25% are both the percentage asked for.
+    ("percent", "2/45", "\\boxed{4 4/9\\%}", True),
+    ("percent", "0.015", "The rate is $1\\frac{1}{2}$\\%.", True),
+    ("percent", "0.25", "\\boxed{25\\%}", True),
+    ("percent", "0.125", "\\boxed{12.5\\%}", True),
+    ("percent", "25", "\\boxed{25\\%}", True, WHAT_PERCENT),
+    ("percent", "25", "\\boxed{25}", True, WHAT_PERCENT),
+    ("percent", "25\\%", "\\boxed{25}", True),
+    ("percent", "1.5", "\\boxed{1 1/2\\%}", True, WHAT_PERCENT),
+    ("percent", "40/9", "\\boxed{4 4/9\\%}", False),
+    ("percent", "40/9", "4 4/9 percent", False),
+    ("percent", "1.5", "The rate is $1\\frac{1}{2}$\\%.", False),
+    ("percent", "1.5", "\\boxed{1\\frac{1}{2} per cent}", False),
+    ("percent", "25", "\\boxed{25\\%}", False),
+    ("percent", "12.5", "\\boxed{12.5\\%}", False),
+    ("percent", "\\frac{1}{2}", "\\boxed{\\frac{1}{2}\\%}", False),
+    ("percent", "25", "\\boxed{0.25}", False, WHAT_PERCENT),
+    # A yes/no or named-choice question answered with the bare choice: a "No" is the choice, not a negation.
+    ("choice_word", "No", "\\boxed{No}", True, YES_NO),
+    ("choice_word", "No", "The answer is no.", True, YES_NO),
+    ("choice_word", "\\text{No}", "\\boxed{no}", True, YES_NO),
+    ("choice_word", "Yes", "\\boxed{YES}", True, YES_NO),
+    ("choice_word", "Yes", "\\boxed{\\text{Yes}}", True, YES_NO),
+    ("choice_word", "\\text{neither}", "\\boxed{Neither.}", True, PARITY),
+    ("choice_word", "No", "\\boxed{Yes}", False, YES_NO),
+    ("choice_word", "Yes", "\\boxed{No}", False, YES_NO),
+    ("choice_word", "No", "The answer is not no.", False, YES_NO),
+    ("choice_word", "No", "\\boxed{Yes or no}", False, YES_NO),
+    ("choice_word", "Yes", "\\boxed{Maybe yes}", False, YES_NO),
+    ("choice_word", "\\text{odd}", "\\boxed{\\text{even}}", False, PARITY),
+    # A tuple answered as named assignments: ordered as the question names the variables, else alphabetically.
+    ("tuple", "(3, 2)", "\\boxed{x = 3, y = 2}", True, NAMED),
+    ("tuple", "(3, 2)", "\\boxed{y = 2, x = 3}", True, NAMED),
+    ("tuple", "(3, 2)", "So $x = 3$ and $y = 2$.", True, NAMED),
+    ("tuple", "(3, 2)", "\\boxed{y = 2, x = 3}", True, UNNAMED),
+    ("tuple", "(2, 3)", "\\boxed{a = 3, b = 2}", True, ORDERED),
+    ("tuple", "(3, 2)", "\\boxed{x = 3}, \\boxed{y = 2}", True, NAMED),
+    ("tuple", "(3, 2)", "\\boxed{x = 2, y = 3}", False, NAMED),
+    ("tuple", "(3, 2)", "\\boxed{x = 3}", False, NAMED),
+    ("tuple", "(3, 2)", "\\boxed{x = 3} or \\boxed{y = 2}", False, NAMED),
+    ("tuple", "(3, 2)", "\\boxed{x = 3, x = 2}", False, NAMED),
+    ("tuple", "(3, 2)", "\\boxed{x = 3 \\text{ or } y = 2}", False, NAMED),
+    ("tuple", "(2, 3)", "\\boxed{a = 2, b = 3}", False, ORDERED),
+    ("tuple", "x = 3, y = 2", "\\boxed{(3, 2)}", True, NAMED),  # and a tuple for named assignments
+    ("tuple", "x = 3, y = 2", "\\boxed{(2, 3)}", False, NAMED),
+    # The answer on the first line, then an explanation (unboxed answers are read when boxes are not required).
+    ("first_line", "42", "42\nExplanation: multiply 6 by 7.", True),
+    ("first_line", "42", "$42$\nBecause 6 times 7 is 42, and 7 is prime.", True),
+    ("first_line", "42", "x = 42\nSince 6 * 7 = 42.", True),
+    ("first_line", "42", "**42**\n\n### Explanation\nMultiply 6 by 7 to get the product.", True),
+    ("first_line", "42", "41\nBecause 6 times 7 is 42.", False),
+    ("first_line", "7", "7\nThen 6 * 7 = 42.", False),  # a step followed by more working: the last line answers
+    ("first_line", "42", "42\nBecause it is probably 6 * 7.", False),
+    ("first_line", "42", "42 or 43\nBecause 6 * 7 = 42.", False),
+    ("first_line", "42", "42\nBecause 6 * 7 = 42.\n43", False),
+    ("first_line", "42", "42\nBecause 6 * 7 = 42, the final answer is 43.", False),
+    # An exact value or a power for a decimal or integer truth, unless the question is about that power or asks for
+    # the literal form.
+    ("exact", "1000", "\\boxed{10^3}", True),
+    ("exact", "1024", "\\boxed{2^{10}}", True),
+    ("exact", "0.001", "\\boxed{10^{-3}}", True),
+    ("exact", "0.5", "\\boxed{\\frac{1}{2}}", True),
+    ("exact", "1000000", "The answer is $10^6$.", True),
+    ("exact", "1000", "\\boxed{10^3}", False, CUBED),
+    ("exact", "1024", "\\boxed{2^{10}}", False, POWER),
+    ("exact", "1000", "\\boxed{10^3}", False, AS_INTEGER),
+    ("exact", "100", "\\boxed{10^3}", False),
+    ("exact", "67", "\\boxed{67^1}", False),
+    ("exact", "1000", "\\boxed{10^3 + 0}", False),
+    ("exact", "1024", "\\boxed{32^2}", False, "What is 32 * 32?"),
 ]
-CLASSES = ("mixed", "boxes", "statement", "display", "latex", "locale", "forms", "hedge", "conversion")
+CLASSES = ("mixed", "boxes", "statement", "display", "latex", "locale", "forms", "hedge", "conversion", "unclosed",
+           "percent", "choice_word", "tuple", "first_line", "exact")
 
 
 def case_id(case: tuple) -> str:

@@ -92,3 +92,22 @@ def test_the_ledger_catches_a_resume_that_loses_the_data_position(tmp_path, monk
     straight, resumed = straight_and_resumed(tmp_path, overrides, crash_after=2)
     a, b = read_lines(straight.run_dir, "ledger"), read_lines(resumed.run_dir, "ledger")
     assert a[:2] == b[:2] and a[2:] != b[2:]
+
+
+def test_weight_sync_check_passes_a_true_sync_and_stops_a_missed_one(tmp_path, monkeypatch):
+    """After every copy of the weights into the pipelined job's snapshot, the snapshot scores the probe as the
+    policy does (float32: bit-identical); a copy that silently does nothing (the failure injected, as a LoRA push
+    that never reached vLLM did in verl#7495) stops the run with one line naming the engine and the gap."""
+    from remix_rft import trainer as trainer_module
+    from remix_rft.rollout.sync_check import WeightSyncError
+
+    (tmp_path / "mixed_reward.py").write_text(MIXED_REWARD)
+    overrides = [f"reward.custom={tmp_path / 'mixed_reward.py'}:reward", "train.steps=3", "rollout.pipeline=true",
+                 "model.dtype=float32", "eval.before_training=false", "eval.after_training=false"]
+    trainer = run_training(tiny_config(tmp_path / "a", "remix-grpo", *overrides))
+    gaps = [line["sync/probe_gap"] for line in read_lines(trainer.run_dir, "train")]
+    assert len(gaps) == 3 and max(gaps) == 0.0
+
+    monkeypatch.setattr(trainer_module, "copy_weights", lambda source, snapshot: None)
+    with pytest.raises(WeightSyncError, match=r"rank 0: .*pipeline snapshot's log-probs of the probe sequence"):
+        run_training(tiny_config(tmp_path / "b", "remix-grpo", *overrides))

@@ -232,6 +232,10 @@ class RolloutConfig:
     # policy versions a fresh response may lag behind (pipeline only): 1 overlaps generation with the update; 0 starts
     # the job after the update (no overlap: the same run as without the pipeline, a check of the machinery)
     max_staleness: int = 1
+    # after every weight push to an engine with its own copy (vLLM, the pipelined job's snapshot), its log-probs of a
+    # fixed probe sequence must agree with the trainer's (rollout/sync_check.py); null bound: 1e-3 float32, 5e-2 bf16
+    sync_check: bool = True
+    sync_check_bound: float | None = None  # mean |engine - trainer| log-prob gap allowed (null: by precision)
     # engine=vllm only
     gpu_memory_utilization: float = 0.3  # GPU share the vLLM engine may hold (weights + KV cache)
     tensor_parallel_size: int = 1
@@ -486,6 +490,8 @@ class Config:
                f"must be float32, bfloat16 or auto, got {self.model.frozen_dtype!r}")
         _check(ro.top_k >= 0, "rollout.top_k", f"must be >= 0 (0 turns it off), got {ro.top_k}")
         _check(ro.max_batch_size >= 1, "rollout.max_batch_size", f"must be >= 1, got {ro.max_batch_size}")
+        _check(ro.sync_check_bound is None or ro.sync_check_bound > 0, "rollout.sync_check_bound",
+               f"must be > 0 or null, got {ro.sync_check_bound}")
         _check(t.critic_lr > 0, "train.critic_lr", f"must be > 0, got {t.critic_lr}")
         _check(self.data.limit is None or self.data.limit >= 1, "data.limit", f"must be >= 1 or null, got {self.data.limit}")
         rw = self.reward

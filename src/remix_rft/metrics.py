@@ -97,7 +97,8 @@ _BY_KIND = ("", "fresh_", "replay_")
 SUM_METRICS = ("rollouts/step", "rollouts/replayed", "replay/groups", "tokens/step", "buffer/groups", "fresh/groups",
                "fresh/trained_groups", "fresh/informative_groups", "replay/informative_groups", "replay/replacements")
 # the prompt selector's counters are global (every rank holds the same history)
-MAX_METRICS = ("selection/skipped", "selection/skipped_total", "response_length/max", "logprob_mismatch/max",
+MAX_METRICS = ("selection/skipped", "selection/skipped_total", "sync/probe_gap", "response_length/max",
+               "logprob_mismatch/max",
                "logprob_mismatch/fresh_max", "logprob_mismatch/replay_max",
                *(f"is_correction/{k}raw_ratio_max" for k in _BY_KIND))
 MIN_METRICS = tuple(f"is_correction/{k}weight_min" for k in _BY_KIND)

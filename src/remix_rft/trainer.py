@@ -56,6 +56,7 @@ from remix_rft.rewards import check_scores, reward_from_config
 from remix_rft.rewards.hacking import build_hacking_monitor
 from remix_rft.rollout import SamplingParams, build_engine, engine_options
 from remix_rft.rollout.pipeline import RolloutPipeline, copy_weights
+from remix_rft.rollout.sync_check import WeightSyncCheck
 from remix_rft.schedule import StepPlan, build_schedule
 
 __all__ = ["Trainer", "run_training"]
@@ -122,6 +123,9 @@ class Trainer:
                 run_head_in_float32(self._snapshot)
             if cfg.rollout.engine == "hf":
                 self._generation_engine = build_engine("hf", self._snapshot, self.tokenizer, **engine_options(cfg))
+        # rollout.sync_check: an engine with its own copy of the weights must score a probe as the trainer does
+        self.sync_check = WeightSyncCheck(self.tokenizer, cfg.model.bf16, cfg.rollout.sync_check_bound,
+                                          self.dist.rank) if cfg.rollout.sync_check else None
         self.hacking = build_hacking_monitor(cfg.reward, self.reward, seed=cfg.train.seed)
         self.stop_reason: str | None = None  # set when the reward-hacking alarm ends the run
         # Ctrl-C (interrupt.py): stop at the next step boundary; under torchrun the launcher relays the terminal's signal
@@ -321,6 +325,8 @@ class Trainer:
         peak_flops = perf.peak_flops_per_s(self.device, cfg.model.bf16, cfg.train.peak_tflops)
         record = {**experience.step_record(step, plan, rollouts, fresh.scores, batch, replay_groups, self.state),
                   "buffer/groups": len(self.buffer), "lr": self.actor.lr, **signal, **self._selection_metrics(),
+                  **({"sync/probe_gap": self.sync_check.last_gap}
+                     if self.sync_check is not None and self.sync_check.last_gap is not None else {}),
                   **pass_metrics, **update_metrics, **hacking,
                   **{f"time/{k}": v for k, v in times.items()}, **perf.throughput_metrics(work, times, peak_flops),
                   **metrics.peak_memory_mb(self.device)}
@@ -366,6 +372,11 @@ class Trainer:
         stale = version != step  # the trainer's log-probs under these weights are needed at `step`
         if self.config.rollout.engine == "hf" or stale:
             copy_weights(self.policy, self._snapshot)  # every rank: a sharded parameter is gathered one at a time
+            if self.sync_check is not None:
+                with self.dist.gathered(self.policy):
+                    trainer = self.sync_check.logprobs(self.policy, self.device)
+                self.sync_check.verify("pipeline snapshot", self.sync_check.logprobs(self._snapshot, self.device),
+                                       trainer)
         if self.config.rollout.engine != "hf":
             self._sync_engine()  # vLLM samples its own copy: the same weights
         sync = time.perf_counter() - t0
@@ -524,6 +535,10 @@ class Trainer:
         if self._engine_weights_step != self.state.step:
             self.engine.update_weights(self.policy)
             self._engine_weights_step = self.state.step
+            if self.sync_check is not None and self.config.rollout.engine == "vllm":
+                with self.dist.gathered(self.policy):  # every rank: its own engine, the full weights
+                    self.sync_check.check_engine("vLLM engine", self.engine.response_logprobs, self.policy,
+                                                 self.device)
 
     def close(self) -> None:
         # the metrics file, the audit grader's and the reward's verifier processes, a vLLM engine's memory

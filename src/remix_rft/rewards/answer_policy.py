@@ -11,6 +11,13 @@ Pure string functions; no model output is ever evaluated:
   `$...$`, else its one number ("there are 12 ways"). Of a chain of equalities the last side is the answer
   (`\\boxed{73 - 6 = 67}` answers 67), of `A \\approx B` the exact side; a truth that is itself an equation or a
   list is compared with the whole answer.
+* A box left open is no final answer: a response that stops inside an unclosed `\\boxed{` ("... so the answer is
+  \\boxed{12") has none ("no_answer"), whatever it wrote before that box; it was cut off while stating its answer.
+* Answer first, explanation after: without a box (and unless boxes are required), a bare answer alone on the first
+  line ("42", "$42$", "x = 42") followed by a line that explains it ("Because ...", "Since ...", "Explanation:",
+  "Reason:", "Proof:") is the answer, unless the explanation states an answer of its own ("... the answer is 43":
+  the rules above read the response) or ends with a different bare number (hedged); "probably" or "maybe" in the
+  explanation hedges it.
 * Hedged or negated answers are wrong: several different answers to a single-valued truth (`\\boxed{66} or
   \\boxed{67}`, "66 or 67", `\\boxed{66} \\text{or} 67`, two bare numbers on the last two lines), "maybe", "not 67",
   `\\neq 67`, a chain equating different numbers ("66 = 67"). A list is the answer when the truth is a list, and
@@ -22,6 +29,26 @@ Pure string functions; no model output is ever evaluated:
   mixed number (`3 1/2`) or exact scientific notation (`1.2 \\times 10^{6}`) equal in value counts. A number of the
   question restated in another form when the question asks for a conversion ("Express 3/8 as a decimal": `3/8`) is
   "restated_problem". The arithmetic task (`integer_only`) accepts integer literals only.
+* Percentages: a percent sign (`%`, `\\%`, "percent", "pct", "per cent") applies to the whole number before it, in
+  every number form ("1 1/2%" is (1 1/2)/100, never 1 + 1/2%). When the question asks for a percentage ("What
+  percent ...", "the percentage increase", "(in %)"; "What is 25% of 80?" does not) or the truth is written as
+  one, a number and the same number with the sign state the same percentage: 25 and 25% both answer 25 or 25%
+  (and 50% answers 0.5). Otherwise the sign means "of 100": "25%" is 0.25, right for 0.25 and wrong for 25.
+* Exact forms: an integer power written out (`10^3`, `2^{10}`, `10^{-3}`) counts for an integer or decimal truth
+  of equal value (a fraction in lowest terms already counts for a decimal truth: `\\frac{1}{2}` for 0.5), unless
+  the question is about powers ("10 cubed", "to the 10th power", any `^`), asks for the number written out ("as an
+  integer", "as a decimal", "simplify", "evaluate"), or has the power's base among its numbers ("32^2" for "What
+  is 32 * 32?"): then it restates the computation ("not_literal", or "restated_problem" when it copies the
+  question's power). An identity power (`67^1`) or a bracketed base (`(-2)^3`) is never one.
+* Word choices: a truth that is a yes/no-style word ("Yes", "No", "True", "neither", "No solution") or a word the
+  question offers with "or" ("even, odd, or neither", "Alice or Bob") is compared as words, ignoring case,
+  `\\text{}` and a final period: `\\boxed{No}` and "The answer is no." answer a yes-or-no question (the word "No"
+  is the choice, not a negation); "not no", "Yes or no" and "maybe yes" stay hedged.
+* Tuples as named assignments: for a tuple truth `(3, 2)`, an answer assigning one value to each of as many
+  distinct variables (`x = 3, y = 2`, "$x = 3$ and $y = 2$", joined boxes) is the tuple of those values, ordered as
+  the question names the variables (a tuple "the ordered pair $(b, a)$" or a list "solve for $x$ and $y$"), else
+  alphabetically (x before y, x_2 before x_10); the order the answer writes them in does not matter. A truth
+  written as assignments (`x = 3, y = 2`) accepts the tuple `(3, 2)` the same way.
 * Otherwise (expressions, intervals, tuples, sets, letters) math-verify decides equivalence, but an answer that
   still contains an operation of the question on the question's operands (and the ground truth does not) is
   "restated_problem".
@@ -32,6 +59,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from fractions import Fraction
 
 THINK_END = "</think>"
@@ -43,6 +71,7 @@ STATUS_HEDGED = "hedged"  # several candidates, or a negated statement
 
 # Why an answer is hedged (FinalAnswer.hedges). The first and the last depend on the truth, so `judge` rules on them.
 HEDGE_ALTERNATIVES = "alternatives"  # several answers ("66 or 67", joined boxes): an answer when the truth is a list
+HEDGE_SEVERAL = "several"  # boxes joined by "and" / commas: a list, or the parts of one tuple ("x = 3", "y = 2")
 HEDGE_UNCERTAIN = "uncertain"  # "maybe", "perhaps"
 HEDGE_NEGATION = "negation"  # "not 67", "isn't"
 HEDGE_CONTRADICTION = "contradiction"  # a chain equating different numbers ("66 = 67")
@@ -56,6 +85,7 @@ MAX_STATEMENT_CHARS = 500  # an explicit final statement is read this far after 
 MAX_LINE_CHARS = 2_000  # the tail of the last line that is read for a final answer
 MAX_LITERAL_CHARS = 300  # longer answers are never literals
 MAX_PROSE_SKIPPED = 3  # closing lines / sentences without a number skipped to reach the answer above them
+MAX_TUPLE_CHARS = 1_000  # longer answers or truths are never read as tuples or named assignments
 MAX_EXPONENT = 100  # scientific notation beyond 10^100 is not read as a literal (no huge integers from a bomb)
 
 # a chat template's end-of-turn marker: what follows is a hallucinated next turn, not this answer
@@ -168,8 +198,9 @@ _QUALIFIERS = frozenset({
 _CURRENCY_RE = re.compile(r"^(?:\\\$|\$|\u20ac|\u00a3|\u00a5|\u20b9|USD\s*|EUR\s*|US\\?\$)")
 _TRAILING_CURRENCY_RE = re.compile(r"(?<=[\d}])\s?(?:\\\$|\$|\u20ac|\u00a3|\u00a5|USD|EUR)$")
 _PERCENT_RE = re.compile(
-    r"(.*?)\s*(?:\\%|%|\\text\{\s*\\?%\s*\}|\\text\{\s*(?:percent|percentage|pct)\s*\}|(?:percent|percentage|pct)\.?)$",
-    re.DOTALL,
+    r"(.*?)\s*(?:\\%|%|\\text\{\s*\\?%\s*\}|\\text\{\s*(?:percent|percentage|pct|per\s+cent)\s*\}"
+    r"|(?:percent|percentage|pct|per\s+cent)\.?)$",
+    re.DOTALL | re.IGNORECASE,
 )
 _WHOLE = r"(?:[1-9]\d{0,2}(?:,\d{3})+|[1-9]\d{0,2}(?: \d{3})+|\d+)"  # an unsigned integer, thousands marked or not
 _INTEGER_RE = re.compile(rf"[+-]?{_WHOLE}")
@@ -189,7 +220,7 @@ _SCIENTIFIC_RE = re.compile(
 _NUMBER_CHUNK_RE = re.compile(
     r"(?:(?<![\w)])[-+])?(?:\\\$|[$\u20ac\u00a3])?(?<![A-Za-z])\d(?:[\d,./]|\{,\}| (?=\d))*[A-Za-z\u00b2\u00b3]*"
 )
-_PERCENT_AFTER_RE = re.compile(r"\s?(?:\\%|%|percent\b|percentage\b|pct\b)", re.IGNORECASE)
+_PERCENT_AFTER_RE = re.compile(r"\s?(?:\\%|%|percent\b|percentage\b|pct\b|per\s+cent\b)", re.IGNORECASE)
 _OPERATOR_RE = re.compile(r"[=+*/^<>\u00f7]|\\(?:times|cdot|div|frac|sqrt|pm|le|ge|lt|gt)\b|\s-\s")
 _CHOICE_RE = re.compile(r"^\(?\s*([A-E])\s*\)?$")
 # "C. x = 42", "(C) 42": a choice letter followed by its option's text
@@ -204,6 +235,55 @@ _ASKS_FORM_RE = re.compile(
 _ASKS_DECIMAL_RE = re.compile(
     r"\bas\s+a\s+decimal\b|\bin\s+decimal\s+form\b|\bdecimal\s+(?:form|notation|representation|expansion)\b"
     r"|\bto\s+the\s+nearest\s+(?:tenth|hundredth|thousandth|ten-thousandth)s?\b|\bdecimal\s+places?\b",
+    re.IGNORECASE,
+)
+# a question asking for a percentage: "percent" / "percentage" that is not an operand's ("What is 25 percent of 80?"
+# does not ask for one; "What percent of 80 is 20?" does), or "(in %)"
+_PERCENT_WORD_RE = re.compile(r"\bper\s*cent(?:age)?s?\b|\(\s*(?:in\s+)?\\?%\s*\)|\bin\s+\\?%", re.IGNORECASE)
+_OPERAND_BEFORE_RE = re.compile(r"[\d}]\s*\$?\s*$")
+# an integer power written out ("10^3", "2^{10}", "10^{-3}"): an exact value, not evaluated
+_POWER_LITERAL_RE = re.compile(r"([+-]?)([1-9]\d{0,5}) ?\^ ?(?:\{ ?([+-]?\d{1,3}) ?\}|(\d))")
+# a question about powers ("10 cubed", "2 to the 10th power", "x^3"): a power answer restates it
+_MENTIONS_POWER_RE = re.compile(
+    r"\^|\*\*|\b(?:squared|cubed|powers?|exponents?|exponential|raised)\b"
+    r"|\bto\s+the\s+(?:\w+(?:th|st|nd|rd)|second|third)\b",
+    re.IGNORECASE,
+)
+# a question asking for the number written out ("Express your answer as an integer", "Simplify", "Evaluate")
+_ASKS_LITERAL_RE = re.compile(
+    r"\b(?:as|in|into)\s+(?:an?\s+)?(?:integer|whole\s+number|decimal|standard\s+form|expanded\s+form|simplest\s+form"
+    r"|numerals?|digits)\b|\b(?:simplify|evaluate|decimal)\b",
+    re.IGNORECASE,
+)
+# a named choice as the answer ("Yes", "\\text{neither}", "No solution"): words, no math
+_WORD_ANSWER_RE = re.compile(r"[A-Za-z]{2,}(?:[ -][A-Za-z]+){0,3}")
+# choices that need no question to name them (a yes/no or true/false truth); "No" among them is a choice, not a
+# negation
+_CHOICE_WORDS = frozenset({
+    "yes", "no", "true", "false", "none", "neither", "both", "always", "never", "sometimes", "impossible",
+    "possible", "not possible", "no solution", "no solutions", "no real solutions", "undefined", "does not exist",
+    "dne", "even", "odd", "increasing", "decreasing", "convergent", "divergent", "converges", "diverges",
+})
+_WORD_MATH = frozenset({"sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "pi", "infty", "inf", "sqrt",
+                        "frac", "cdot", "times", "mod", "gcd", "lcm", "max", "min"})
+_VARIABLE_NAME = r"[A-Za-z](?:_\{?\w+\}?)?"
+_ASSIGNMENT_RE = re.compile(rf"({_VARIABLE_NAME})\s*=\s*(\S.*)", re.DOTALL)
+# variables named in a list in the question: "x and y", "a, b, and c" (the order of a tuple's assignments)
+_NAME_LIST_RE = re.compile(
+    rf"(?<![\w\\]){_VARIABLE_NAME}(?:(?:\s*,\s*(?:and\s+)?|\s+and\s+){_VARIABLE_NAME})+(?![\w(])"
+)
+_NAME_SEPARATOR_RE = re.compile(r"\s*,\s*(?:and\s+)?|\s+and\s+")
+# a line that starts an explanation of the answer on the line before it ("42\nBecause 6 * 7 = 42.")
+_HEDGE_WORDS_RE = re.compile(r"\b(?:maybe|perhaps|possibly|probably|either|not)\b", re.IGNORECASE)
+_UNSURE_RE = re.compile(
+    r"\b(?:not\s+(?:sure|certain)|unsure|uncertain|(?:don't|do\s+not|cannot|can't)\s+(?:know|be\s+sure)"
+    r"|guess(?:ed)?)\b",
+    re.IGNORECASE,
+)
+_EXPLANATION_RE = re.compile(
+    r"#*\s*(?:because|since|(?:(?:the|my|a)\s+)?(?:explanation|reason(?:ing)?|justification|proof)|why"
+    r"|this\s+is\s+because|that(?:'s|\s+is)\s+because|here(?:'s|\s+is)\s+(?:why|how)|to\s+see\s+(?:this|why)"
+    r"|check|verification)\b|#*\s*(?:solution|working|work)\s*:",
     re.IGNORECASE,
 )
 _QUESTION_NUMBER_RE = re.compile(
@@ -236,6 +316,7 @@ class Literal:
     kind: str  # "integer" | "decimal" | "fraction" | "mixed" | "scientific" | "percent"
     canonical: bool  # integer as integer, fraction in lowest terms with a denominator > 1, any decimal / percent
     text: str  # the normalised spelling
+    inner: str = ""  # for a percentage, the kind of the number before the sign ("1 1/2%": "mixed")
 
 
 def answer_region(response: str) -> str:
@@ -265,6 +346,21 @@ def boxed_spans(text: str) -> list[tuple[int, int, str]]:
         if depth == 0:
             spans.append((match.start(), position, text[match.end() : position - 1]))
     return spans
+
+
+def ends_inside_box(text: str) -> bool:
+    """Whether a `\\boxed{` / `\\fbox{` of the text is never closed: the text stops inside that box (one linear pass;
+    braces are counted as `boxed_spans` counts them)."""
+    openings = {match.end() - 1 for match in _BOX_RE.finditer(text)}
+    if not openings:
+        return False
+    stack: list[bool] = []  # per open brace: whether it opens a box
+    for index, char in enumerate(text):
+        if char == "{":
+            stack.append(index in openings)
+        elif char == "}" and stack:
+            stack.pop()
+    return any(stack)
 
 
 def _bracket_depths(text: str) -> list[int]:
@@ -501,6 +597,32 @@ def _last_line_answer(region: str) -> FinalAnswer | None:
     return answer
 
 
+def _first_line_answer(region: str) -> FinalAnswer | None:
+    """The answer stated alone on the first line when the next line explains it ("42\\nBecause 6 * 7 = 42."); None
+    when the response does not have that shape, or when the explanation states a final answer of its own."""
+    lines = [line.strip() for line in _flatten_display_math(region[: 4 * MAX_LINE_CHARS]).split("\n") if line.strip()]
+    if len(lines) < 2 or len(lines[0]) > MAX_LITERAL_CHARS or not _EXPLANATION_RE.match(lines[1]):
+        return None
+    first = lines[0]
+    one_math = _INLINE_MATH_RE.fullmatch(first) and len(_INLINE_MATH_RE.findall(first)) == 1
+    if _bare_value(first) is None and not one_math:
+        # "42 or 43", "maybe 42", "not 42" before an explanation: a hedged answer; anything else is working or prose
+        pieces = [piece for piece in re.split(r"\bor\b|,\s", _HEDGE_WORDS_RE.sub(" ", first)) if piece.strip()]
+        if pieces and all(_bare_value(piece) is not None for piece in pieces) and _hedges_in(first):
+            return FinalAnswer(first, boxed=False, hedges=_hedges_in(first))
+        return None
+    explanation = "\n".join(lines[1:])
+    if _ANCHOR_RE.search(explanation) or _IS_THE_ANSWER_RE.search(explanation):
+        return None  # "42\\nBecause ..., the final answer is 43.": the later word decides (or hedges)
+    unsure = _UNCERTAIN_RE.search(explanation) or _UNSURE_RE.search(explanation)
+    hedges = _merge(_hedges_in(first), [HEDGE_UNCERTAIN] * bool(unsure))
+    answer = _answer_of(_statement_value(first).rstrip(".,;").strip(), boxed=False, hedges=hedges)
+    stated, last = parse_literal(answer.text) if answer else None, _bare_value(lines[-1]) if len(lines) > 2 else None
+    if answer is not None and last is not None and not (stated is not None and _same_value(stated, last[1])):
+        answer = replace(answer, hedges=_merge(answer.hedges, [HEDGE_ALTERNATIVES]))  # "42\\nBecause ...\\n43"
+    return answer
+
+
 def _statement_answer(region: str, anchor_re: re.Pattern[str] = _ANCHOR_RE) -> FinalAnswer | None:
     """The answer of the last explicit final statement in the region ("the answer is X", "#### X"); a statement
     without a number or math defers to the last line after it ("The answer is below.\n67")."""
@@ -532,8 +654,10 @@ def _box_answer(region: str, spans: list[tuple[int, int, str]]) -> FinalAnswer |
             break
         run.insert(0, previous[2].strip())
     hedges: list[str] = []
-    if len(set(run)) > 1:
-        hedges.append(HEDGE_ALTERNATIVES)  # several different boxes joined by a bare connective
+    if len(set(run)) > 1:  # several different boxes joined by a bare connective: "or" offers alternatives
+        pairs = zip(spans[-len(run) : -1], spans[-len(run) + 1 :])
+        offers = any(_ALTERNATIVE_RE.search(region[previous[1] : following[0]]) for previous, following in pairs)
+        hedges.append(HEDGE_ALTERNATIVES if offers else HEDGE_SEVERAL)
     tail = region[end : end + 200].split("\n", 1)[0]
     if _TAIL_ALTERNATIVE_RE.match(tail) and re.search(r"[\w\\]", tail[_TAIL_ALTERNATIVE_RE.match(tail).end() :]):
         hedges.append(HEDGE_ALTERNATIVES)  # "\\boxed{67} \\text{or} 66"
@@ -546,6 +670,8 @@ def _box_answer(region: str, spans: list[tuple[int, int, str]]) -> FinalAnswer |
 def final_answer(response: str, *, require_boxed: bool = False, max_chars: int = 20_000) -> FinalAnswer | None:
     """The final answer of a response under the answer policy (module doc); None when there is none."""
     region = _this_turn(answer_region(response)[-max_chars:])
+    if ends_inside_box(region):
+        return None  # "... so the answer is \\boxed{12": the response stops inside its final box, which states nothing
     spans = boxed_spans(region)
     if spans:
         # an explicit final statement after the last box is the later word ("... \\boxed{255} ... Final Answer:
@@ -558,6 +684,9 @@ def final_answer(response: str, *, require_boxed: bool = False, max_chars: int =
     if require_boxed:
         return None
     region = _EMPHASIS_RE.sub(r"\2", region)
+    first = _first_line_answer(region)
+    if first is not None:
+        return first
     if _ANCHOR_RE.search(region):
         return _statement_answer(region)
     return _last_line_answer(region)
@@ -591,6 +720,8 @@ def _unwrap(text: str) -> str:
 def _unit_words(words: str) -> bool:
     """Whether trailing words are a unit ("apples", "cm", "miles per hour"), not a word that changes the value."""
     parts = [word.rstrip(".") for word in words.split()]
+    if [word.lower() for word in parts[-2:]] == ["per", "cent"]:
+        return False  # "per cent" is a percent sign
     return all(word.lower() not in _NOT_UNITS and (len(word) > 1 or word in _SINGLE_LETTER_UNITS) for word in parts)
 
 
@@ -675,7 +806,7 @@ def parse_literal(text: str, *, decimal_comma: bool = False) -> Literal | None:
         inner = parse_literal(percent.group(1), decimal_comma=decimal_comma)
         if inner is None or inner.kind == "percent":
             return None
-        return Literal(inner.value, "percent", inner.canonical, inner.text + "%")
+        return Literal(inner.value, "percent", inner.canonical, inner.text + "%", inner.kind)
     number = re.sub(r"^([+-]) (?=[\d\\])", r"\1", " ".join(text.split()))
     if _INTEGER_RE.fullmatch(number):
         value = int(number.replace(",", "").replace(" ", ""))
@@ -709,19 +840,42 @@ def parse_literal(text: str, *, decimal_comma: bool = False) -> Literal | None:
     return None
 
 
-def literals_equal(answer: Literal, gold: Literal, *, integer_only: bool = False) -> bool:
-    """Whether a literal answer states the literal ground truth (module doc: the literal rules)."""
+def _per_hundred(literal: Literal) -> Literal:
+    """A percentage as the number it stands for ("25%" -> 0.25, "1 1/2%" -> 3/200): the sign applies to the whole."""
+    if literal.kind != "percent":
+        return literal
+    value = literal.value / 100
+    if literal.inner in ("integer", "decimal"):
+        return Literal(value, "decimal", literal.canonical, format(Decimal(literal.text[:-1]).scaleb(-2), "f"))
+    return Literal(value, literal.inner or "fraction", literal.canonical, literal.text)
+
+
+def asks_for_percent(problem: str) -> bool:
+    """Whether a question asks for a percentage ("What percent of 80 is 20?", "the percentage increase", "(in %)");
+    a percent that is an operand ("What is 25% of 80?", "a 20 percent discount") does not ask for one."""
+    for match in _PERCENT_WORD_RE.finditer(problem):
+        before = problem[max(0, match.start() - 12) : match.start()]
+        if not match.group(0)[0].isalpha() or not _OPERAND_BEFORE_RE.search(before):
+            return True
+    return False
+
+
+def literals_equal(answer: Literal, gold: Literal, *, integer_only: bool = False, percent_asked: bool = True) -> bool:
+    """Whether a literal answer states the literal ground truth (module doc: the literal rules). `percent_asked`:
+    the question asks for a percentage (or the truth is one), so that a number and the same number with a percent
+    sign state the same percentage; otherwise a percent sign means "of 100" ("25%" is 0.25), in every number form."""
     if integer_only and answer.kind != "integer":
         return False
     if answer.text == gold.text and answer.kind == gold.kind:
         return True  # written exactly as the ground truth (e.g. an unreduced fraction the data set keeps)
     if not answer.canonical:
         return False
-    if answer.kind == "percent" or gold.kind == "percent":
+    if (answer.kind == "percent" or gold.kind == "percent") and percent_asked:
         # "50%" states 50% whether the truth is written 50, 50% or 0.5
         candidates = {answer.value, answer.value / 100} if answer.kind == "percent" else {answer.value}
         golds = {gold.value, gold.value / 100} if gold.kind == "percent" else {gold.value}
         return bool(candidates & golds)
+    answer, gold = _per_hundred(answer), _per_hundred(gold)
     if answer.value == gold.value:
         return True
     if gold.kind == "decimal" and answer.kind in ("fraction", "mixed"):
@@ -881,6 +1035,121 @@ def choice_options(problem: str) -> dict[str, str]:
     return options
 
 
+# --------------------------------------------------------------------------------- exact forms, words, tuples
+
+
+def parse_power(text: str) -> Literal | None:
+    """An integer power written out ("10^3", "2^{10}", "10^{-3}", "-2^{5}"): its exact value, kind "power"; None for
+    anything else, an identity power ("67^1", "5^0") or a bracketed base ("(67)^1") in particular."""
+    if len(text) > MAX_LITERAL_CHARS:
+        return None
+    match = _POWER_LITERAL_RE.fullmatch(" ".join(strip_answer(text).split()))
+    if not match:
+        return None
+    sign, base, braced, digit = match.groups()
+    exponent = int(braced or digit)
+    if int(base) < 2 or exponent in (0, 1) or abs(exponent) > MAX_EXPONENT:
+        return None
+    value = Fraction(int(base)) ** exponent * (-1 if sign == "-" else 1)
+    return Literal(value, "power", True, f"{'-' if sign == '-' else ''}{base}^{exponent}")
+
+
+def _words(text: str) -> str | None:
+    """A word answer in one spelling ("\\text{Yes}." -> "yes", "\\textbf{No solution}" -> "no solution"); None when
+    the text is not words alone (math, numbers, a single letter)."""
+    if len(text) > 200:
+        return None
+    text = normalise_symbols(text).strip()
+    for _ in range(4):
+        text = text.strip().rstrip(".!,;").strip()
+        for opening, closing in _MATH_WRAPPERS:
+            if text.startswith(opening) and text.endswith(closing) and len(text) > len(opening) + len(closing):
+                text = text[len(opening) : -len(closing)].strip()
+        if len(text) > 1 and _QUOTES.get(text[0]) == text[-1]:
+            text = text[1:-1]
+        text = _unwrap(text)
+    text = " ".join(text.split())
+    if len(text) > 60 or not _WORD_ANSWER_RE.fullmatch(text) or text.lower() in _WORD_MATH:
+        return None
+    return text.lower()
+
+
+def _named_choices(problem: str) -> set[str]:
+    """The words a question offers as its choices: those joined by "or" ("even, odd, or neither", "Alice or Bob")."""
+    choices: set[str] = set()
+    for sentence in re.split(r"[.?!:;\n]", problem):
+        if not re.search(r"\bor\b", sentence, re.IGNORECASE):
+            continue
+        for item in re.split(r",|\bor\b|/", re.sub(r"\$|\\text\s*\{([^{}]*)\}", r"\1", sentence), flags=re.IGNORECASE):
+            words = item.strip().split()
+            if words:
+                choices.add(words[-1].strip("\"'()").lower())  # "Is the function even" -> "even"
+                choices.add(" ".join(words).strip("\"'()").lower())
+    return choices
+
+
+def word_choice_truth(gold: str, problem: str) -> str | None:
+    """The choice a truth names ("Yes", "\\text{neither}", "No solution"), in one spelling; None unless the truth is
+    a yes/no-style word or a word the question offers as a choice."""
+    words = _words(gold)
+    if words is None:
+        return None
+    return words if words in _CHOICE_WORDS or words in _named_choices(problem) else None
+
+
+def _tuple_items(text: str) -> list[str] | None:
+    """The items of one tuple "(3, 2)" / "\\left(3, 2\\right)"; None for anything else."""
+    if len(text) > MAX_TUPLE_CHARS:
+        return None
+    text = strip_answer(text)
+    if not (text.startswith("(") and text.endswith(")")) or _bracket_depths(text)[1:-1].count(0):
+        return None
+    items = _top_level_split(text[1:-1])
+    return items if len(items) > 1 else None
+
+
+def _assignments(text: str) -> list[tuple[str, str]] | None:
+    """[(name, value)] when every item of a list is one assignment to a distinct variable ("x = 3, y = 2",
+    "x = 3 and y = 2"); None otherwise."""
+    if len(text) > MAX_TUPLE_CHARS:
+        return None
+    parts = _top_level_split(_LIST_CONNECTIVE_RE.sub(",", normalise_symbols(text).replace("$", " ")))
+    pairs = []
+    for part in parts:
+        match = _ASSIGNMENT_RE.fullmatch(part.strip().rstrip(".,;").strip() if part.count("=") == 1 else "")
+        if not match or len(equation_sides(match.group(2))) > 1:
+            return None
+        pairs.append((match.group(1).replace("{", "").replace("}", ""), match.group(2).strip()))
+    names = [name for name, _ in pairs]
+    return pairs if len(pairs) > 1 and len(set(names)) == len(names) else None
+
+
+def variable_order(problem: str, names: Sequence[str]) -> list[str]:
+    """The order of a tuple's variables: as the question names them, in a tuple ("the ordered pair $(b, a)$") or a
+    list ("solve for $x$ and $y$"), else alphabetical."""
+    wanted = sorted(names)
+    text = normalise_symbols(problem).replace("$", "")
+    for match in re.finditer(r"\(([^()]{1,80})\)", text):
+        items = [item.strip().replace("{", "").replace("}", "") for item in match.group(1).split(",")]
+        if sorted(items) == wanted:
+            return items
+    for match in _NAME_LIST_RE.finditer(text):
+        items = [item.strip().replace("{", "").replace("}", "") for item in _NAME_SEPARATOR_RE.split(match.group(0))]
+        if sorted(items) == wanted:
+            return items
+    return sorted(names, key=lambda name: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)])
+
+
+def _integers_in(problem: str) -> set[str]:
+    """The integers written in a question, as digits ("What is 32 * 32?" -> {"32"})."""
+    return set(re.findall(r"(?<![\d.])\d+(?![\d.])", normalise_symbols(problem).replace(",", "")))
+
+
+def _as_tuple(pairs: Sequence[tuple[str, str]], problem: str) -> str:
+    values = dict(pairs)
+    return "(" + ", ".join(values[name] for name in variable_order(problem, list(values))) + ")"
+
+
 # --------------------------------------------------------------------------------- the verdict
 
 
@@ -901,6 +1170,8 @@ class Judgement:
 def _literal_judgement(
     text: str, problem: str, gold_literals: Sequence[Literal], *, integer_only: bool
 ) -> Judgement:
+    # a percent sign is "of 100" unless the question asks for a percentage (or the truth is one): module doc
+    percent_asked = asks_for_percent(problem) or any(gold.kind == "percent" for gold in gold_literals)
     literal = parse_literal(text, decimal_comma=True)
     if literal is None:
         letter = choice_letter(text)
@@ -908,9 +1179,17 @@ def _literal_judgement(
             option = choice_options(problem).get(letter)
             option_literal = parse_literal(option) if option else None
             if option_literal is not None:
-                return Judgement("ok", any(literals_equal(option_literal, gold) for gold in gold_literals), text)
+                return Judgement("ok", any(literals_equal(option_literal, gold, percent_asked=percent_asked)
+                                           for gold in gold_literals), text)
         status = STATUS_RESTATED if copies_problem_operation(text, problem) else STATUS_NOT_LITERAL
-        return Judgement(status, False, text)
+        power = None if integer_only or status == STATUS_RESTATED else parse_power(text)
+        if power is None or _MENTIONS_POWER_RE.search(problem) or _ASKS_LITERAL_RE.search(problem) \
+                or _ASKS_FORM_RE.search(problem) or power.text.lstrip("-").split("^")[0] in _integers_in(problem):
+            # "10^3" for "What is 10 cubed?", "32^2" for "What is 32 * 32?": the question's computation restated
+            return Judgement(status, False, text)
+        # an exact power for an integer or decimal truth ("10^3" for 1000) when nothing asks for the number written out
+        return Judgement("ok", any(literals_equal(power, gold, percent_asked=percent_asked)
+                                   for gold in gold_literals), text)
     if restates_question_number(literal, problem, gold_literals) or (
         literal.kind == "scientific" and copies_problem_operation(text, problem)
     ):
@@ -918,7 +1197,8 @@ def _literal_judgement(
     if (literal.kind in ("fraction", "mixed") and _ASKS_DECIMAL_RE.search(problem)
             and all(gold.kind == "decimal" for gold in gold_literals)):
         return Judgement("ok", False, text)  # "Express ... as a decimal" answered with a fraction: not what was asked
-    correct = any(literals_equal(literal, gold, integer_only=integer_only) for gold in gold_literals)
+    correct = any(literals_equal(literal, gold, integer_only=integer_only, percent_asked=percent_asked)
+                  for gold in gold_literals)
     return Judgement("ok", correct, text)
 
 
@@ -937,9 +1217,23 @@ def judge(
     if answer is None:
         return Judgement("no_answer", False, None)
     list_truth = any(is_list_truth(gold) for gold in golds)
-    excused = (HEDGE_ALTERNATIVES,) * list_truth + (HEDGE_NOT_EQUAL,) * any(_NOT_EQUAL_RE.search(g) for g in golds)
-    if list_truth:
+    excused = (HEDGE_ALTERNATIVES, HEDGE_SEVERAL) * list_truth + (HEDGE_NOT_EQUAL,) * any(
+        _NOT_EQUAL_RE.search(g) for g in golds)
+    tuple_sizes = {len(items) if (items := _tuple_items(gold)) else 0 for gold in golds}
+    gold_pairs = [_assignments(gold) for gold in golds]
+    if list_truth and all(gold_pairs) and _tuple_items(answer.written):
+        # "(3, 2)" for the truth "x = 3, y = 2": the truth as a tuple, its variables ordered (variable_order)
+        golds = [_as_tuple(pairs, problem) for pairs in gold_pairs]
+        text, excused = answer.written, tuple(reason for reason in excused if reason not in (HEDGE_ALTERNATIVES,
+                                                                                               HEDGE_SEVERAL))
+    elif list_truth:
         text = _as_list(answer)
+    elif (len(tuple_sizes) == 1 and 0 not in tuple_sizes
+          and (pairs := _assignments(_as_list(answer) if answer.parts else answer.written)) is not None
+          and len(pairs) in tuple_sizes):
+        # "x = 3, y = 2" for the truth "(3, 2)": the values as a tuple, in the order of variable_order; boxes joined
+        # by "and" or commas ("\\boxed{x = 3}, \\boxed{y = 2}") are its parts
+        text, excused = _as_tuple(pairs, problem), (*excused, HEDGE_SEVERAL)
     elif any(len(equation_sides(gold)) > 1 and parse_literal(gold) is None for gold in golds):
         text = answer.written  # an equation as the truth ("y = 2x + 3") is compared with the whole answer
         named = _named_function_sides(golds, text)
@@ -947,6 +1241,14 @@ def judge(
             golds, text = named
     else:
         text = answer.text
+    choices = [word_choice_truth(gold, problem) for gold in golds]
+    words = _words(text) if all(choices) else None
+    if words is not None and (words in choices or words in _CHOICE_WORDS or words in _named_choices(problem)):
+        # a bare choice ("\\boxed{No}" to a yes-or-no question) is the answer, not a negation; other hedges count
+        own_negation = (HEDGE_NEGATION,) * bool(_NEGATION_RE.search(words))
+        if any(reason not in (*excused, *own_negation) for reason in answer.hedges):
+            return Judgement(STATUS_HEDGED, False, text)
+        return Judgement("ok", words in choices, text)
     if any(reason not in excused for reason in answer.hedges):
         return Judgement(STATUS_HEDGED, False, text)
     gold_literals = [parse_literal(gold) for gold in golds]
@@ -980,5 +1282,5 @@ def _named_function_sides(golds: Sequence[str], text: str) -> tuple[list[str], s
 
 
 def is_literal_answer(text: str | None) -> bool:
-    """Whether an extracted answer is a number literal (for the hacking monitor)."""
-    return text is not None and parse_literal(text) is not None
+    """Whether an extracted answer is a number literal, an integer power ("10^3") included."""
+    return text is not None and (parse_literal(text) is not None or parse_power(text) is not None)

@@ -27,7 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remix_rft.data.types import Example
-from remix_rft.rewards.answer_policy import copies_problem_operation, final_answer, parse_literal
+from remix_rft.rewards.answer_policy import (
+    copies_problem_operation,
+    final_answer,
+    is_literal_answer,
+    parse_literal,
+)
 from remix_rft.rewards.base import RewardFunction, Score
 from remix_rft.rewards.math_reward import MathReward, gold_answers
 
@@ -60,7 +65,7 @@ def literal_truth(example: Example) -> bool:
 def non_literal_share(responses: Sequence[str], examples: Sequence[Example], rewarded: Sequence[bool]) -> tuple[float, int]:
     """(share of rewarded responses to literal-truth examples whose final answer is not a literal, their count)."""
     flags = [
-        parse_literal(answer.text) is None if (answer := final_answer(response)) is not None else True
+        not is_literal_answer(answer.text) if (answer := final_answer(response)) is not None else True
         for response, example, paid in zip(responses, examples, rewarded, strict=True)
         if paid and literal_truth(example)
     ]
