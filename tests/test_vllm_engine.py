@@ -200,6 +200,30 @@ def test_default_job_trains_with_the_vllm_engine(tmp_path):
         assert record["time/weight_sync"] >= 0
     # step 2 replays step 1's group with the engine's and the trainer's log-probs kept from generation time
     assert train[1]["replay/groups"] == 1 and train[1]["logprob_mismatch/replay_max"] < 1e-2
+    # the weight-sync check scored the probe after the push: kernels apart, the same weights
+    assert "sync/probe_gap" not in train[0] and train[1]["sync/probe_gap"] < 1e-3
+
+
+def test_a_push_that_never_reaches_the_engine_stops_the_run(tmp_path, monkeypatch):
+    """The weight-sync check with the failure injected: the engine keeps its start weights (as a LoRA adapter that
+    never reached vLLM did in verl#7495) while the trainer moves on; the run stops at the first push, naming the
+    vLLM engine and the gap."""
+    from remix_rft.rollout.sync_check import WeightSyncError
+    from remix_rft.rollout.vllm import VLLMRolloutEngine
+
+    monkeypatch.setattr(VLLMRolloutEngine, "update_weights", lambda self, model: None)
+    config = load_config("quickstart", [
+        "rollout.engine=vllm", "model.dtype=float32", "train.prompts_per_step=4", "train.minibatch_size=8",
+        "train.steps=2", "train.lr=1e-3", "rollout.max_new_tokens=16", "rollout.max_model_len=512",
+        "eval.benchmarks=[]", "checkpoint.save_final=false", "logging.tensorboard=false", "logging.progress=false",
+        f"logging.output_dir={tmp_path}", "logging.run_name=vllm-stale",
+    ])
+    trainer = Trainer(config)
+    try:
+        with pytest.raises(WeightSyncError, match=r"vLLM engine's log-probs of the probe sequence differ"):
+            trainer.train()
+    finally:
+        trainer.close()
 
 
 def test_pipelined_generation_with_the_vllm_engine(tmp_path):

@@ -233,7 +233,7 @@ class RolloutConfig:
     # the job after the update (no overlap: the same run as without the pipeline, a check of the machinery)
     max_staleness: int = 1
     # after every weight push to an engine with its own copy (vLLM, the pipelined job's snapshot), its log-probs of a
-    # fixed probe sequence must agree with the trainer's (rollout/sync_check.py); null bound: 1e-3 float32, 5e-2 bf16
+    # fixed probe sequence must agree with the trainer's (rollout/sync_check.py); null bound: 1e-3 float32, 0.15 bf16
     sync_check: bool = True
     sync_check_bound: float | None = None  # mean |engine - trainer| log-prob gap allowed (null: by precision)
     # engine=vllm only

@@ -6,10 +6,13 @@ Why: an engine that silently misses a push samples an older policy while the los
 #7495: a LoRA adapter that never reached vLLM passed for staleness for two months. The probe is one short sequence
 scored teacher-forced at temperature 1, so the check costs one forward of ~30 tokens on each side (`time/sync_check`).
 
-Bounds (mean |engine - trainer| over the probe's response tokens): float32 on both sides agrees to ~1e-5 (vLLM's
-kernels against ours, tests/test_vllm_engine.py) and a snapshot is bit-identical, so 1e-3; under bf16 the two sides
-round differently, so 5e-2. A missed push after a few optimizer steps is above these (`rollout.sync_check_bound`
-overrides them).
+Bounds (mean |engine - trainer| over the probe's response tokens), measured on the embedded model on a 2-core AMD
+EPYC with AVX512-BF16 (2026-12-06): float32 vLLM against our float32 trainer 1.1e-5 (max 2.6e-5), a float32
+snapshot 0 (bit-identical), a LoRA snapshot under bf16 2e-3; bf16 vLLM against our bf16 trainer 0.035 (max 0.12):
+rounding, so the bounds are 1e-3 (float32) and 0.15 (bf16). In float32 any missed push after an update is caught;
+in bf16 only a miss that moved the probe by more than the rounding floor is (a LoRA adapter that never arrives,
+after some steps). `rollout.sync_check_bound` overrides them. Cost: on that CPU, shared with a training run, a
+float32 vLLM check took 5.4 s (the push 2.8 s): `rollout.sync_check=false` where that matters.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from remix_rft.models import autocast_context
 
 PROBE_PROMPT = "What is 12 + 30? Put the final answer within \\boxed{}."
 PROBE_RESPONSE = " 12 + 30 = 42, so the final answer is \\boxed{42}."
-DEFAULT_BOUNDS = {"float32": 1e-3, "bfloat16": 5e-2}
+DEFAULT_BOUNDS = {"float32": 1e-3, "bfloat16": 0.15}
 
 
 class WeightSyncError(UserError, RuntimeError):
