@@ -294,3 +294,92 @@ def test_ranks_with_and_without_replayed_rows_reduce_the_same_keys_weighted_by_t
     assert reduced["mismatch_mask/replay_sequence_share"] == pytest.approx(0.5)
     assert reduced["replay/mean_age"] == pytest.approx(1.0) and reduced["rollouts/replayed"] == 2
     assert reduced["late/only_here"] == 7 and reduced["ratio/mean"] == 1.01
+
+
+def _cut_token_batch():
+    """One fresh response: three tokens inside the trainer's top-p set at log w = -0.0012, and one outside it whose
+    -inf trainer log-prob was replaced by the engine's (-2.0), as the log-prob pass does."""
+    tokens = collate([[5]], [[1, 2, 3, 4]], 0)
+    engine = torch.tensor([[-0.5, -0.5, -0.5, -2.0]])
+    trainer = torch.tensor([[-0.5012, -0.5012, -0.5012, -2.0]])
+    batch = StepBatch(tokens=tokens, behaviour_logp=engine.clone(), rewards=torch.zeros(1),
+                      sequence_advantages=torch.zeros(1), is_replay=torch.tensor([False]), versions=torch.zeros(1),
+                      proximal_logp=trainer.clone(), trainer_behaviour_logp=trainer.clone())
+    return batch, torch.tensor([[False, False, False, True]])
+
+
+def test_a_token_outside_the_top_p_set_is_no_agreement_in_the_geo_mean_mask():
+    """Issue 35 item 2: without the cut flag the geometric mean reads -0.0009 (within verl's 1.001 band): kept. A
+    token the trainer gives probability 0 must reject its sequence (verl's veto)."""
+    config = _config("rollout.mismatch_mask=geo_mean")
+    batch, cut = _cut_token_batch()
+    mismatch_correction(config, batch)
+    assert batch.is_weights.tolist() == [[1.0, 1.0, 1.0, 1.0]]  # the old reading: perfect agreement on the cut token
+    batch, cut = _cut_token_batch()
+    mismatch_correction(config, batch, cut=cut)
+    assert batch.is_weights.tolist() == [[0.0, 0.0, 0.0, 0.0]]
+
+
+def test_a_token_outside_the_top_p_set_vetoes_the_sequence_level_is_weight():
+    batch, cut = _cut_token_batch()
+    mismatch_correction(_config("rollout.is_correction=tis", "rollout.is_level=sequence"), batch, cut=cut)
+    assert float(batch.is_weights.max()) < 1e-6  # the product of the ratios is 0 (clamped at exp(-20))
+
+
+def test_the_cut_flag_is_stored_with_the_group_and_comes_back_on_replay():
+    from remix_rft.buffer import RolloutGroup
+    from remix_rft.experience import assemble, keep_logprobs
+
+    batch, cut = _cut_token_batch()
+    batch.generation_cut = cut
+    group = RolloutGroup(version=1, prompt_ids=[5], response_ids=[[1, 2, 3, 4]], behaviour_logprobs=[[-0.5] * 4],
+                         rewards=[1.0], advantages=[0.5])
+    keep_logprobs(_config(), [group], batch)
+    assert group.cut_tokens[0].tolist() == [False, False, False, True]
+    restored = RolloutGroup.from_state(group.to_state())
+    replayed = assemble([], [restored], 0, torch.device("cpu"))
+    assert replayed.generation_cut.tolist() == [[False, False, False, True]]
+
+
+def test_rejected_tokens_leave_every_term_of_the_update(tmp_path):
+    """Issue 35 item 3: a batch in which a mask rejects half the rows updates the policy exactly as the batch of
+    the kept rows alone (token-mean loss, KL and entropy): the kept tokens' gradient does not halve."""
+    import copy
+
+    from remix_rft.actor import Actor
+    from remix_rft.models import load_model
+    from remix_rft.schedule import build_schedule
+
+    config = load_config("grpo", ["model.name=tiny-random", "train.minibatch_size=4", "train.prompts_per_step=2",
+                                  "train.samples_per_prompt=2", "algorithm.kl_coef=0.1",
+                                  "algorithm.entropy_coef=0.01", "train.lr=1e-2", "model.dtype=float32"])
+    plan = build_schedule(config).plan(1)
+    base = load_model("tiny-random", dtype="float32")
+    generator = torch.Generator().manual_seed(0)
+
+    def batch_of(rows):
+        prompts = [[5, 6], [7, 8], [9, 10], [11, 12]]
+        responses = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10, 11]]
+        tokens = collate([prompts[r] for r in rows], [responses[r] for r in rows], 0)
+        shape = tokens.response_ids.shape
+        logp = torch.full(shape, -1.0)
+        advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])[rows]
+        return StepBatch(tokens=tokens, behaviour_logp=logp.clone(), rewards=torch.zeros(len(rows)),
+                         sequence_advantages=advantages, is_replay=torch.zeros(len(rows), dtype=torch.bool),
+                         versions=torch.ones(len(rows)), proximal_logp=logp.clone(), reference_logp=logp - 0.1,
+                         advantages=advantages[:, None] * tokens.response_mask)
+
+    torch.manual_seed(int(torch.randint(0, 1000, (1,), generator=generator)))
+    rejected = batch_of([0, 1, 2, 3])
+    rejected.is_weights = rejected.tokens.response_mask * torch.tensor([[1.0], [0.0], [1.0], [0.0]])
+    kept = batch_of([0, 2])
+    updates = []
+    for batch in (rejected, kept):
+        model = copy.deepcopy(base)
+        actor = Actor(model, config)
+        # one optimizer step over the whole batch: the minibatch is every row
+        actor.config.train.minibatch_size = len(batch.tokens)
+        actor.update(batch, plan, 1)
+        updates.append(model.state_dict())
+    for name, value in updates[0].items():
+        torch.testing.assert_close(value, updates[1][name], atol=1e-6, rtol=1e-5, msg=name)

@@ -3,7 +3,7 @@ minibatches and token-budget micro-batches (METHOD.md objective)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -148,7 +148,14 @@ class Actor:
                 tallies["replay"].add(log_ratio, centre, mask * replay_rows, alg.clip_eps)
             return loss
 
-        results = [minibatch_step(batch.tokens, rows, self.optimizer, self.model, micro_loss,
+        # a token a correction rejected (weight 0: a mismatch mask, MIS above its cap, outside the top-p / top-k set)
+        # leaves every term: the policy loss's normaliser, the KL and the entropy, as if it were not in the batch
+        # (verl's rollout_rs does the same), so a kept token's gradient does not shrink when others are rejected
+        tokens = batch.tokens
+        if batch.is_weights is not None:
+            tokens = replace(tokens, response_mask=tokens.response_mask * (batch.is_weights > 0).to(
+                tokens.response_mask.dtype))
+        results = [minibatch_step(tokens, rows, self.optimizer, self.model, micro_loss,
                                   micro_batch_tokens=cfg.train.micro_batch_tokens,
                                   max_grad_norm=cfg.train.max_grad_norm, loss_agg=alg.loss_agg, step=step,
                                   what="policy", dist=self.dist)

@@ -62,6 +62,9 @@ class RolloutGroup:
     # came from a separate engine (vLLM): the reference point of the sampler-trainer mismatch correction
     trainer_logprobs: list[torch.Tensor] | None = None
     replays: int = 0  # how often the group has been drawn for replay (informative replay's priority and cap)
+    # per response, its tokens that were outside the generating policy's own top-p / top-k set as the trainer computes
+    # it (bool): they stay out of the loss and the mismatch corrections when the group is replayed (None: none)
+    cut_tokens: list[torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
@@ -92,6 +95,11 @@ class RolloutGroup:
             ]
             if [t.numel() for t in self.trainer_logprobs] != [len(r) for r in self.response_ids]:
                 raise ValueError("RolloutGroup trainer_logprobs must have one value per response token")
+        if self.cut_tokens is not None:
+            self.cut_tokens = [torch.as_tensor(flags, dtype=torch.bool).detach().cpu().reshape(-1)
+                               for flags in self.cut_tokens]
+            if [t.numel() for t in self.cut_tokens] != [len(r) for r in self.response_ids]:
+                raise ValueError("RolloutGroup cut_tokens must have one flag per response token")
         self.rewards = _as_float_vector(self.rewards, "rewards")
         self.advantages = _as_float_vector(self.advantages, "advantages")
         if self.rewards.numel() != group_size:
@@ -139,6 +147,7 @@ class RolloutGroup:
             "trainer_logprobs": (None if self.trainer_logprobs is None
                                  else [logprobs.clone() for logprobs in self.trainer_logprobs]),
             "replays": self.replays,
+            "cut_tokens": None if self.cut_tokens is None else [flags.clone() for flags in self.cut_tokens],
         }
 
     @classmethod
@@ -156,6 +165,7 @@ class RolloutGroup:
             meta=json.loads(state["meta_json"]),
             trainer_logprobs=state.get("trainer_logprobs"),  # absent in buffers saved before it existed
             replays=int(state.get("replays", 0)),
+            cut_tokens=state.get("cut_tokens"),
         )
 
 

@@ -47,6 +47,9 @@ class StepBatch:
     trainer_behaviour_logp: torch.Tensor | None = None
     # [B, R] weights multiplying the token losses: TIS / MIS, times the mismatch mask and the truncation mask
     is_weights: torch.Tensor | None = None
+    # [B, R] bool: tokens outside the generating policy's own top-p / top-k set (the trainer's view): replayed rows
+    # bring theirs from the buffer, fresh rows get theirs in the step's log-prob pass (None: no truncation)
+    generation_cut: torch.Tensor | None = None
 
 
 @dataclass
@@ -126,7 +129,7 @@ def make_groups(config: Config, step: int, indices: list[int], examples: Sequenc
 def assemble(fresh: list[RolloutGroup], replay: list[RolloutGroup], pad_id: int, device: torch.device) -> StepBatch:
     """The step's batch: every response of the fresh groups, then of the replayed groups."""
     prompts, responses, behaviour, rewards, advantages, is_replay, versions = [], [], [], [], [], [], []
-    trainer_behaviour = []
+    trainer_behaviour, cut = [], []
     for groups, replayed in ((fresh, False), (replay, True)):
         for group in groups:
             for i, response in enumerate(group.response_ids):
@@ -139,13 +142,21 @@ def assemble(fresh: list[RolloutGroup], replay: list[RolloutGroup], pad_id: int,
                 advantages.append(float(group.advantages[i]))
                 is_replay.append(replayed)
                 versions.append(group.version)
+                cut.append(None if group.cut_tokens is None else group.cut_tokens[i])
     tokens = collate(prompts, responses, pad_id).to(device)
     behaviour_logp = torch.zeros(tokens.response_ids.shape, dtype=torch.float32)
     trainer_logp = torch.zeros(tokens.response_ids.shape, dtype=torch.float32)
     for row, (values, trainer_values) in enumerate(zip(behaviour, trainer_behaviour)):
         behaviour_logp[row, :len(values)] = values
         trainer_logp[row, :len(values)] = trainer_values
-    return StepBatch(tokens=tokens, behaviour_logp=behaviour_logp.to(device),
+    generation_cut = None
+    if any(flags is not None for flags in cut):
+        generation_cut = torch.zeros(tokens.response_ids.shape, dtype=torch.bool)
+        for row, flags in enumerate(cut):
+            if flags is not None:
+                generation_cut[row, :len(flags)] = flags
+        generation_cut = generation_cut.to(device)
+    return StepBatch(tokens=tokens, behaviour_logp=behaviour_logp.to(device), generation_cut=generation_cut,
                      trainer_behaviour_logp=trainer_logp.to(device),
                      rewards=torch.tensor(rewards, device=device),
                      sequence_advantages=torch.tensor(advantages, device=device),
@@ -167,7 +178,14 @@ def store_behaviour(groups: list[RolloutGroup], logp: torch.Tensor, attribute: s
 def keep_logprobs(config: Config, groups: list[RolloutGroup], batch: StepBatch) -> None:
     """Store on the fresh groups the log-probs they carry when replayed. recompute: the trainer's behaviour
     log-probs (what the groups were trained with as fresh data); engine: the engine's log-probs are the behaviour
-    ones and stay, the trainer's are kept beside them for the mismatch correction."""
+    ones and stay, the trainer's are kept beside them for the mismatch correction. With top-p / top-k, the tokens
+    outside the generating policy's own set go with them (`cut_tokens`), so they stay out when replayed."""
+    if batch.generation_cut is not None:
+        row = 0
+        for group in groups:
+            group.cut_tokens = [batch.generation_cut[row + i, :len(r)].cpu().clone()
+                                for i, r in enumerate(group.response_ids)]
+            row += group.num_responses
     if config.rollout.behaviour_logprobs == "recompute":
         store_behaviour(groups, batch.behaviour_logp)
     else:
@@ -209,6 +227,13 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
             if bool(stale_out.any()):
                 batch.trainer_behaviour_logp = torch.where(stale_out, batch.behaviour_logp, batch.trainer_behaviour_logp)
                 cut_off = cut_off | stale_out
+            # a fresh row's cut is its generating policy's (this pass, or the snapshot's); a replayed row keeps the
+            # one stored with it, and is also cut where the current pi_k's own set leaves a token out
+            generation = cut_off & fresh[:, None]
+            if batch.generation_cut is not None:
+                generation = generation | (batch.generation_cut & batch.is_replay[:, None])
+                cut_off = cut_off | batch.generation_cut
+            batch.generation_cut = generation
             metrics.update(share_by_kind("truncation/", "masked_share", cut_off, batch))
         # sampler vs trainer log-probs of the same tokens (LESSONS #10): a non-zero gap makes "on-policy" off-policy
         log_ratio = batch.trainer_behaviour_logp[fresh] - batch.behaviour_logp[fresh]
@@ -225,7 +250,7 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
             # is pi_k (clip centre exactly 1), for a pipelined response pi_{k-1} (centre pi_k / pi_{k-1}, as replay)
             batch.behaviour_logp[fresh] = batch.trainer_behaviour_logp[fresh]
         else:
-            metrics.update(mismatch_correction(config, batch, current))
+            metrics.update(mismatch_correction(config, batch, current, batch.generation_cut))
         if cut_off is not None and bool(cut_off.any()):
             kept = (~cut_off).float()
             batch.is_weights = kept * (mask if batch.is_weights is None else batch.is_weights)
@@ -306,7 +331,8 @@ def share_by_kind(prefix: str, name: str, flags: torch.Tensor, batch: StepBatch)
     return out
 
 
-def mismatch_correction(config: Config, batch: StepBatch, current: torch.Tensor | None = None) -> dict[str, float]:
+def mismatch_correction(config: Config, batch: StepBatch, current: torch.Tensor | None = None,
+                        cut: torch.Tensor | None = None) -> dict[str, float]:
     """Sampler (engine) vs trainer log-probs of the behaviour policy, by fresh / replayed data; with
     rollout.is_correction=tis|mis, the loss then uses the trainer's log-probs as behaviour and IS weights; with
     rollout.mismatch_mask, the mask's dropped tokens / sequences get weight 0 (the behaviour stays the engine's
@@ -326,15 +352,19 @@ def mismatch_correction(config: Config, batch: StepBatch, current: torch.Tensor 
         return metrics
     kinds = (("", torch.ones_like(fresh)), ("fresh_", fresh), ("replay_", batch.is_replay))
     trainer, sampler = batch.trainer_behaviour_logp, batch.behaviour_logp
+    # a token outside the trainer's top-p / top-k set (`cut`) has trainer probability 0: its ratio is 0, which
+    # rejects its sequence (geo_mean), its token (icepop) and zeroes the sequence-level IS product (verl's veto).
+    # Its finite stand-in log-prob (the engine's) would read as perfect agreement
+    ratio_trainer = trainer if cut is None else torch.where(cut, torch.full_like(trainer, float("-inf")), trainer)
     weights = mask.float()
     if ro.is_correction != "none":
-        raw = algos.raw_is_weights(trainer, sampler, mask, ro.is_level)
-        weights = algos.mismatch_is_weights(trainer, sampler, mask, ro.is_correction, ro.is_cap, ro.is_level)
+        raw = algos.raw_is_weights(ratio_trainer, sampler, mask, ro.is_level)
+        weights = algos.mismatch_is_weights(ratio_trainer, sampler, mask, ro.is_correction, ro.is_cap, ro.is_level)
         for kind, rows in kinds:
             stats = algos.is_weight_statistics(raw[rows], weights[rows], mask[rows])
             metrics.update({f"is_correction/{kind}{name}": value for name, value in stats.items()})
     if ro.mismatch_mask != "none":
-        keep = algos.mismatch_mask(trainer, sampler, mask, ro.mismatch_mask, ro.mismatch_mask_low,
+        keep = algos.mismatch_mask(ratio_trainer, sampler, mask, ro.mismatch_mask, ro.mismatch_mask_low,
                                    ro.mismatch_mask_high)
         weights = weights * keep
         for kind, rows in kinds:
