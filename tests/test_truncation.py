@@ -196,3 +196,29 @@ def test_a_pipelined_response_outside_its_snapshots_truncated_set_is_masked():
     assert batch.behaviour_logp[0, 0] == -0.5 and batch.behaviour_logp[1, 1] == -1.5  # the snapshot's, kept
     assert batch.behaviour_logp[0, 1] == -3.0  # the sampler's stand-in for the snapshot's -inf
     assert metrics["truncation/masked_share"] == 0.5
+
+
+@pytest.mark.parametrize("precedent", ["lagged", "proximal"])
+def test_kl_metrics_read_zero_at_step_one_under_top_p(tmp_path, precedent):
+    """Issue 35 item 4: at step 1 the policy is the base model, so KL(pi_k || pi_base) is 0; comparing the top-p
+    truncated pi_k with the untruncated reference read a floor (0.0054 with top_p = 0.9), as large as the adaptive
+    trigger's tuned range. The metrics now take pi_k's untruncated log-probs."""
+    import sys
+    from pathlib import Path
+
+    from remix_rft.trainer import Trainer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_trainer import tiny_config
+
+    config = tiny_config(tmp_path, "remix-grpo", "rollout.top_p=0.9", "model.dtype=float32",
+                         "model.frozen_dtype=float32", f"remix.precedent={precedent}", "remix.kl_convex_start=0",
+                         "remix.kl_convex_interval=1", "eval.before_training=false", "eval.after_training=false")
+    trainer = Trainer(config)
+    try:
+        record = trainer.train_step(1)
+    finally:
+        trainer.close()
+    assert record["truncation/masked_share"] >= 0 and abs(record["kl/base"]) < 1e-6
+    if precedent == "lagged":  # the lagged copy holds the start weights at step 1 too
+        assert abs(record["kl/precedent"]) < 1e-6

@@ -258,18 +258,27 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
             metrics.update(replay_second_moment_mask(batch, config.remix.replay_m2_threshold))
         # the KL anchors stay on the full distribution: KL(truncated pi_theta || pi_ref) is finite, while a truncated
         # reference would make it infinite on every token the policy samples outside the reference's own top-p set
+        measure = measure_precedent and references.lagged is not None
+        kl_logp = batch.proximal_logp
+        logs_kl = references.reference is not None or (references.lagged is not None and (
+            measure or (references.uses_kl and plan.kl_convex_weight < 1.0)))
+        if truncation is not None and logs_kl:
+            # the KL metrics (and the adaptive trigger reading kl/precedent) compare pi_k with untruncated references,
+            # so they take pi_k's untruncated log-probs too: truncated against untruncated reads a floor where the
+            # true KL is 0 (0.0054 at step 1 with top_p = 0.9). One more forward pass, under top-p / top-k only
+            with gathered(policy):
+                full, _ = token_logprobs(policy, tokens, temperature, max_tokens=budget,
+                                         chunk_tokens=config.train.logprob_chunk_tokens)
+            kl_logp = full.float()
         if references.reference is not None:
             batch.reference_logp = references.reference_logprobs(tokens, temperature, budget, gathered)
-            metrics["kl/base"] = float(algos.masked_mean(
-                algos.kl_penalty(batch.proximal_logp, batch.reference_logp, "k3"), mask))
-        measure = measure_precedent and references.lagged is not None
+            metrics["kl/base"] = float(algos.masked_mean(algos.kl_penalty(kl_logp, batch.reference_logp, "k3"), mask))
         if references.uses_kl and (plan.kl_convex_weight < 1.0 or measure):
             precedent = references.precedent_logprobs(tokens, temperature, budget, batch.proximal_logp, gathered)
             if plan.kl_convex_weight < 1.0:
                 batch.precedent_logp = precedent
             if references.lagged is not None:  # a proximal precedent is pi_k itself: its KL here is 0 by construction
-                metrics["kl/precedent"] = float(algos.masked_mean(
-                    algos.kl_penalty(batch.proximal_logp, precedent, "k3"), mask))
+                metrics["kl/precedent"] = float(algos.masked_mean(algos.kl_penalty(kl_logp, precedent, "k3"), mask))
         if critic is not None:
             critic.eval()
             with gathered(critic):
