@@ -211,3 +211,30 @@ def test_a_lora_policy_reaches_the_snapshot_merged():
         plain = load_model("tiny-random", dtype="float32")(input_ids=ids).logits
     assert not torch.allclose(adapted, plain, atol=1e-3)
     torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_a_lora_snapshot_with_the_same_adapters_computes_exactly_what_the_policy_does_in_bf16():
+    """Issue 35 item 6: merged, W + BA is rounded to bf16 by autocast, which loses most of a small BA (at |BA|/|W|
+    ~ 3e-3 many merged weights round to the base's own bf16 value), so the sampler ran another policy than the loss
+    assumes. A snapshot holding the same adapters, copied unmerged, gives the policy's own logits bit for bit."""
+    from remix_rft import lora
+    from remix_rft.models import autocast_context
+
+    policy = load_model("tiny-random", dtype="float32")
+    lora.inject(policy, 4, 8.0, 0.0, "all-linear")
+    with torch.no_grad():  # small adapters: the regime of a real run at a small learning rate
+        for name, p in policy.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.02)
+    merged = load_model("tiny-random", dtype="float32")
+    adapted = load_model("tiny-random", dtype="float32")
+    lora.inject(adapted, 4, 8.0, 0.0, "all-linear")
+    copy_weights(policy, merged)
+    copy_weights(policy, adapted)
+    ids = torch.tensor([[5, 9, 3, 7, 2, 11, 4]])
+    with torch.no_grad(), autocast_context("cpu", True):
+        want = policy(input_ids=ids).logits.float()
+        exact = adapted(input_ids=ids).logits.float()
+        rounded = merged(input_ids=ids).logits.float()
+    assert torch.equal(exact, want)
+    assert not torch.equal(rounded, want)  # what the merged snapshot sampled: close, but another policy

@@ -58,6 +58,7 @@ from remix_rft.rollout import SamplingParams, build_engine, engine_options
 from remix_rft.rollout.pipeline import RolloutPipeline, copy_weights
 from remix_rft.rollout.sync_check import WeightSyncCheck
 from remix_rft.schedule import StepPlan, build_schedule
+from remix_rft.watchdog import Watchdog, mark_step, stopping_on_stall, watched
 
 __all__ = ["Trainer", "run_training"]
 
@@ -119,6 +120,10 @@ class Trainer:
         # vLLM without staleness samples its own weights and needs no trainer log-probs of older ones
         if self.pipeline is not None and (cfg.rollout.engine == "hf" or cfg.rollout.max_staleness >= 1):
             self._snapshot = load_model(cfg.model.name, dtype="float32").to(self.device).requires_grad_(False).eval()
+            if cfg.model.lora.enabled:  # the same adapters, copied unmerged: W + BA rounded to bf16 is another policy
+                lo = cfg.model.lora
+                lora.inject(self._snapshot, lo.r, lo.alpha, lo.dropout, lo.peft_target_modules)
+                self._snapshot.requires_grad_(False).eval()
             if cfg.model.bf16 and cfg.model.lm_head_compute_dtype == "float32":
                 run_head_in_float32(self._snapshot)
             if cfg.rollout.engine == "hf":
@@ -131,6 +136,8 @@ class Trainer:
         # Ctrl-C (interrupt.py): stop at the next step boundary; under torchrun the launcher relays the terminal's signal
         self._stop = StopRequest(ignore_duplicates=launched_by_torchrun(), announce=self.dist.is_main)
         self._stop_agreed = False
+        # train.watchdog_seconds: a phase without progress stops the run with one line (watchdog.py)
+        self.watchdog = Watchdog(cfg.train.watchdog_seconds, self.dist.rank)
         self.interrupted = False  # the run ended early on a stop request, with a checkpoint of its last step
         self._saved_step: int | None = None  # the step of this process's last checkpoint
         self.schedule = build_schedule(cfg)
@@ -186,12 +193,15 @@ class Trainer:
                                          if component is not None})
 
     def train_step(self, step: int) -> dict[str, Any]:
+        mark_step(self, step)  # the watchdog: what a stall before the update can roll back to
         plan = self.begin_step(step)
-        fresh = self._take_generated(step, plan) if self.pipeline is not None else None
-        fresh = fresh if fresh is not None else self.generate(step, plan)
-        if self.config.train.dynamic_sampling:
-            fresh = self._sample_dynamically(step, plan, fresh)
-        return self.learn(step, plan, fresh)
+        with self.watchdog.phase("generation"):
+            fresh = self._take_generated(step, plan) if self.pipeline is not None else None
+            fresh = fresh if fresh is not None else self.generate(step, plan)
+            if self.config.train.dynamic_sampling:
+                fresh = self._sample_dynamically(step, plan, fresh)
+        with self.watchdog.phase("update", changes_state=True):
+            return self.learn(step, plan, fresh)
 
     def _draw_prompts(self, count: int) -> list[int]:
         """The next `count` training prompts of the run (the same on every rank), past the selector's skips."""
@@ -243,8 +253,9 @@ class Trainer:
                 if indices else []
         t1 = time.perf_counter()
         examples = [self.prompts.examples[indices[r.prompt_index]] for r in rollouts]
-        scores = check_scores(self.reward, self.reward.score([r.text for r in rollouts], examples), examples) \
-            if rollouts else []
+        with self.watchdog.phase("scoring"):
+            scores = check_scores(self.reward, self.reward.score([r.text for r in rollouts], examples), examples) \
+                if rollouts else []
         times = {"weight_sync": t_sync - t0, "generation": t1 - t_sync, "scoring": time.perf_counter() - t1}
         return FreshRollouts(indices, rollouts, examples, scores, times)
 
@@ -282,9 +293,10 @@ class Trainer:
         t0 = time.perf_counter()
         # the KL trigger of adaptive reincarnation reads kl/precedent on every mix-phase step
         watch_kl = self.reincarnation is not None and plan.phase == "mix"
-        pass_metrics = experience.logprob_passes(cfg, batch, plan, self.policy, self.references,
-                                                 self.critic.model if self.critic else None, self.dist.gathered,
-                                                 measure_precedent=watch_kl)
+        with self.watchdog.phase("logprobs"):
+            pass_metrics = experience.logprob_passes(cfg, batch, plan, self.policy, self.references,
+                                                     self.critic.model if self.critic else None, self.dist.gathered,
+                                                     measure_precedent=watch_kl)
         times["logprobs"] = time.perf_counter() - t0
         experience.keep_logprobs(cfg, fresh_groups, batch)  # what these groups carry when replayed
 
@@ -359,6 +371,7 @@ class Trainer:
         return {"selection/skipped": skipped, "selection/skipped_total": self.selector.skipped_total}
 
     # ---------------------------------------------------------------------------------- pipelined generation
+    @watched("weight_sync")
     def _launch_generation(self, step: int) -> None:
         """Draw step `step`'s prompts and generate them in the background with a snapshot of the current weights
         (version = the next step to train: what synchronous generation at that point would tag them)."""
@@ -386,11 +399,13 @@ class Trainer:
         """The background job: sample, score and (when stale) the snapshot's own log-probs of the sampled tokens."""
         cfg = self.config
         t0 = time.perf_counter()
-        rollouts = self._generation_engine.generate([self.prompts.prompt(i) for i in indices],
-                                                    cfg.train.samples_per_prompt, self._sampling(step))
+        with self.watchdog.phase("generation"):  # this thread's own phases (watchdog.py)
+            rollouts = self._generation_engine.generate([self.prompts.prompt(i) for i in indices],
+                                                        cfg.train.samples_per_prompt, self._sampling(step))
         t1 = time.perf_counter()
         examples = [self.prompts.examples[indices[r.prompt_index]] for r in rollouts]
-        scores = check_scores(self.reward, self.reward.score([r.text for r in rollouts], examples), examples)
+        with self.watchdog.phase("scoring"):
+            scores = check_scores(self.reward, self.reward.score([r.text for r in rollouts], examples), examples)
         t2 = time.perf_counter()
         trainer_logprobs = experience.generating_logprobs(cfg, self._snapshot, rollouts, self.pad_id, self.device) \
             if stale else None
@@ -441,6 +456,7 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.log(record)
 
+    @watched("evaluation")
     def evaluate(self, step: int):
         """Held-out evaluation on rank 0 (the other ranks lend it their parameter shards meanwhile)."""
         if self.pipeline is not None:
@@ -458,6 +474,7 @@ class Trainer:
         self.hacking.observe_eval(step, pass_at_1_by_benchmark(report))
         return report
 
+    @watched("checkpoint")
     def save(self) -> Path:
         phase = self.schedule.plan(max(self.state.step, 1)).phase
         training = self._training_state()
@@ -471,6 +488,7 @@ class Trainer:
         """Stop at the next step boundary with a checkpoint, as the first Ctrl-C does (e.g. from `on_step_end`)."""
         self._stop.request()
 
+    @watched("collective")
     def stop_requested(self) -> bool:
         """Whether any rank was asked to stop (a collective: every rank calls it at the same points); once true it
         stays true without further collectives."""
@@ -481,7 +499,7 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Run the remaining steps; the first Ctrl-C ends the run after the current step with a checkpoint
         (`interrupted`), a second raises KeyboardInterrupt at once (interrupt.py)."""
-        with self._stop:
+        with self._stop, stopping_on_stall(self, lambda line: resume_hint(self, line)):
             return self._train()
 
     def _train(self) -> dict[str, Any]:
@@ -530,6 +548,7 @@ class Trainer:
             self.evaluate(self.state.step)
         return record
 
+    @watched("weight_sync")
     def _sync_engine(self) -> None:
         """Push the policy's weights into an engine holding its own copy (vLLM), once per weight change."""
         if self._engine_weights_step != self.state.step:
@@ -541,8 +560,12 @@ class Trainer:
                                                  self.device)
 
     def close(self) -> None:
+        with self.watchdog.watch("shutdown"):  # a close stuck in a collective or a grader is watched too
+            self._close()
+
+    def _close(self) -> None:
         # the metrics file, the audit grader's and the reward's verifier processes, a vLLM engine's memory
-        if self.pipeline is not None:
+        if self.pipeline is not None and self.watchdog.stall is None:  # a stalled job is never waited for
             try:
                 self.pipeline.wait()  # a job still generating must not outlive the engine and the graders
             except RuntimeError as error:

@@ -21,18 +21,22 @@ from typing import Any
 
 import torch
 
-from remix_rft.rollout.weights import iter_full_tensors
+from remix_rft import lora
+from remix_rft.rollout.weights import iter_full_tensors, unmerged_full_tensors
 
 MAX_STALENESS = 1  # one-step-off: one job in flight at a time
 
 
 @torch.no_grad()
 def copy_weights(source: torch.nn.Module, snapshot: torch.nn.Module) -> None:
-    """Copy `source`'s current weights into `snapshot`, a plain model of the same architecture: a sharded tensor is
-    gathered alone, a LoRA policy arrives merged (as the vLLM engine gets it). Every rank must call it together."""
+    """Copy `source`'s current weights into `snapshot`, a model of the same architecture: a sharded tensor is
+    gathered alone. A LoRA policy arrives merged into a plain snapshot (as the vLLM engine gets it), and as it is,
+    adapters apart, into a snapshot with the same adapters: then the snapshot computes exactly what the policy does
+    in any precision (merged, W + BA rounded to bf16 loses most of a small BA). Every rank must call it together."""
     targets = dict(snapshot.named_parameters())
     copied = set()
-    for name, tensor in iter_full_tensors(source):
+    tensors = unmerged_full_tensors(source) if lora.has_adapters(snapshot) else iter_full_tensors(source)
+    for name, tensor in tensors:
         if name not in targets:
             raise KeyError(f"the generation snapshot has no parameter {name!r} (is it the policy's architecture?)")
         targets[name].copy_(tensor.to(targets[name].device, targets[name].dtype))

@@ -20,6 +20,12 @@ def iter_full_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tenso
     if lora.has_adapters(model):
         yield from lora.merged_named_tensors(model)
         return
+    yield from unmerged_full_tensors(model)
+
+
+def unmerged_full_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) of every parameter as the model holds it (a LoRA model's base weights and adapters
+    apart), one at a time, a sharded one gathered alone; tied weights once."""
     for name, parameter in model.named_parameters(remove_duplicate=True):
         tensor = parameter.detach()
         if hasattr(tensor, "full_tensor"):
