@@ -203,6 +203,11 @@ class TrainConfig:
     # uninformative groups). Every generated response counts in rollouts/total, trained on or not
     dynamic_sampling: bool = False
     dynamic_sampling_max_rounds: int = 4
+    # seconds a blocking phase (generation, scoring, a weight sync, an update's collectives, an evaluation, a checkpoint
+    # save) may go without progress before the run stops with one line naming the phase and the rank, and the
+    # checkpoint to resume from (remix_rft/watchdog.py; a call stuck inside C, e.g. NCCL, ends the process with exit
+    # status 4). Set it above the longest legitimate phase (a held-out evaluation on a slow machine); null: off
+    watchdog_seconds: float | None = 1800.0
 
 
 @dataclass
@@ -419,6 +424,8 @@ class Config:
                "keeps groups whose rewards differ, so it needs train.samples_per_prompt >= 2")
         _check(t.dynamic_sampling_max_rounds >= 1, "train.dynamic_sampling_max_rounds",
                f"must be >= 1, got {t.dynamic_sampling_max_rounds}")
+        _check(t.watchdog_seconds is None or t.watchdog_seconds > 0, "train.watchdog_seconds",
+               f"must be > 0 seconds or null (no watchdog), got {t.watchdog_seconds}")
         d = self.data
         _check(d.selection in ("none", "skip_uninformative"), "data.selection",
                f"must be none or skip_uninformative, got {d.selection!r}")
