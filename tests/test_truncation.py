@@ -195,6 +195,9 @@ def test_a_pipelined_response_outside_its_snapshots_truncated_set_is_masked():
     assert torch.isfinite(batch.behaviour_logp).all()
     assert batch.behaviour_logp[0, 0] == -0.5 and batch.behaviour_logp[1, 1] == -1.5  # the snapshot's, kept
     assert batch.behaviour_logp[0, 1] == -3.0  # the sampler's stand-in for the snapshot's -inf
+    # what the mismatch corrections and a later replay count as cut is the generating snapshot's own cut only (row
+    # 0's second token), not the current pi_k's (both rows' second tokens leave this step's loss either way)
+    assert batch.generation_cut.tolist() == [[False, True], [False, False]]
     assert metrics["truncation/masked_share"] == 0.5
 
 

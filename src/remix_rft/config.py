@@ -207,7 +207,7 @@ class TrainConfig:
     # save) may go without progress before the run stops with one line naming the phase and the rank, and the
     # checkpoint to resume from (remix_rft/watchdog.py; a call stuck inside C, e.g. NCCL, ends the process with exit
     # status 4). Set it above the longest legitimate phase (a held-out evaluation on a slow machine); null: off
-    watchdog_seconds: float | None = 1800.0
+    watchdog_seconds: float | None = 7200.0
 
 
 @dataclass
@@ -429,6 +429,8 @@ class Config:
         d = self.data
         _check(d.selection in ("none", "skip_uninformative"), "data.selection",
                f"must be none or skip_uninformative, got {d.selection!r}")
+        _check(d.selection == "none" or t.samples_per_prompt >= 2, "data.selection",
+               "skip_uninformative reads a prompt's group reward variance, so it needs train.samples_per_prompt >= 2")
         _check(0 <= d.selection_skip_base <= d.selection_max_skip < 1, "data.selection_skip_base/max_skip",
                f"need 0 <= skip_base <= max_skip < 1 (a prompt is always revisited), got {d.selection_skip_base} and "
                f"{d.selection_max_skip}")

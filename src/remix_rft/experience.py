@@ -223,13 +223,15 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
         current = fresh & (batch.versions == plan.step)
         batch.trainer_behaviour_logp[current] = batch.proximal_logp[current]
         if cut_off is not None:  # a pipelined response's token outside its generating snapshot's own truncated set
+            outside_pi_k = cut_off
             stale_out = torch.isneginf(batch.trainer_behaviour_logp) & (mask > 0) & fresh[:, None]
             if bool(stale_out.any()):
                 batch.trainer_behaviour_logp = torch.where(stale_out, batch.behaviour_logp, batch.trainer_behaviour_logp)
                 cut_off = cut_off | stale_out
-            # a fresh row's cut is its generating policy's (this pass, or the snapshot's); a replayed row keeps the
-            # one stored with it, and is also cut where the current pi_k's own set leaves a token out
-            generation = cut_off & fresh[:, None]
+            # a fresh row's cut is its generating policy's: pi_k's own set for this step's rows, the snapshot's for a
+            # pipelined row; a replayed row keeps the one stored with it. Every row also leaves the loss where the
+            # current pi_k's set leaves a token out (cut_off), but that is no sampler/trainer disagreement
+            generation = (outside_pi_k & current[:, None]) | stale_out
             if batch.generation_cut is not None:
                 generation = generation | (batch.generation_cut & batch.is_replay[:, None])
                 cut_off = cut_off | batch.generation_cut
@@ -316,10 +318,12 @@ def outside_truncation(batch: StepBatch) -> torch.Tensor:
 
 def replay_second_moment_mask(batch: StepBatch, threshold: float) -> dict[str, float]:
     """remix.replay_m2_threshold: M2PO's mask over the replayed tokens, from log pi_k / mu (how stale each replayed
-    token is before the update); a left-out token gets weight 0. Both metrics exist on every rank (0 without
-    replayed rows), so the ranks reduce the same keys."""
+    token is before the update); a left-out token gets weight 0. Under torchrun M2 is each rank's, over its own
+    replayed tokens. Both metrics exist on every rank (0 without replayed rows), so the ranks reduce the same keys."""
     mask = batch.tokens.response_mask
     replay_mask = mask * batch.is_replay[:, None].to(mask.dtype)
+    if batch.is_weights is not None:  # tokens already rejected (a cut, a mask) have a stand-in ratio: leave them out
+        replay_mask = replay_mask * (batch.is_weights > 0).to(mask.dtype)
     log_ratio = batch.proximal_logp - batch.behaviour_logp
     keep = algos.second_moment_mask(log_ratio, replay_mask, threshold)
     tokens = float(replay_mask.sum())

@@ -104,20 +104,25 @@ MAX_METRICS = ("selection/skipped", "selection/skipped_total", "sync/probe_gap",
 MIN_METRICS = tuple(f"is_correction/{k}weight_min" for k in _BY_KIND)
 ROLLOUT_MEANS = ("reward/mean", "accuracy/train", "fresh/informative_share", "response_length/mean",
                  "response_length/truncated_share", *(f"mismatch_mask/{k}sequence_share" for k in _BY_KIND))
-TOKEN_MEANS = ("entropy", "advantage/nonzero_token_share", "kl/base", "kl/precedent", "logprob_mismatch/mean",
+TOKEN_MEANS = ("entropy", "advantage/nonzero_token_share", "kl/base", "kl/precedent", "replay/m2",
+               "replay/m2_masked_share", "logprob_mismatch/mean",
                "logprob_mismatch/outside_clip_share", "logprob_mismatch/fresh_mean", "logprob_mismatch/replay_mean",
                *(f"is_correction/{k}{name}" for k in _BY_KIND for name in ("raw_ratio_mean", "weight_mean",
                                                                              "capped_fraction")),
                *(f"mismatch_mask/{k}token_share" for k in _BY_KIND),
                *(f"truncation/{k}masked_share" for k in _BY_KIND))
 # means over the replayed groups or responses: weighted by this rank's count of them
-_REPLAY_MEANS = {"replay/mean_age": "replay/groups", "replay/informative_share": "replay/groups",
-                 "replay/m2": "rollouts/replayed", "replay/m2_masked_share": "rollouts/replayed"}
+_REPLAY_MEANS = {"replay/mean_age": "replay/groups", "replay/informative_share": "replay/groups"}
+# token means over one kind of row whose names do not say it
+_KIND_OF = {"logprob_mismatch/mean": "fresh", "logprob_mismatch/outside_clip_share": "fresh", "replay/m2": "replay",
+            "replay/m2_masked_share": "replay"}
 _KIND_FAMILIES = ("truncation", "mismatch_mask", "is_correction", "logprob_mismatch")
 
 
 def row_kind(key: str) -> str | None:
     """"fresh" / "replay" for a statistic measured over that kind of row only (`truncation/replay_masked_share`)."""
+    if key in _KIND_OF:
+        return _KIND_OF[key]
     family, _, name = key.partition("/")
     if family in _KIND_FAMILIES:
         for kind in ("fresh", "replay"):

@@ -155,7 +155,6 @@ class Trainer:
         d = cfg.data
         self.selector = PromptSelector(cfg.train.seed, d.selection_skip_base, d.selection_max_skip,
                                        d.selection_revisit_after) if d.selection == "skip_uninformative" else None
-        self._skipped_logged = 0
         self.state = TrainState()
         self.eval_history: list[tuple[int, Any]] = []
 
@@ -164,7 +163,6 @@ class Trainer:
                                                      dtype=cfg.model.frozen_storage_dtype)
             if self.reincarnation is not None and self.reincarnation.decision is not None:
                 self.schedule.reincarnate_after(self.reincarnation.decision.step)
-            self._skipped_logged = self.selector.skipped_total if self.selector is not None else 0
         if self.device.type == "cpu" and self.dist.is_main:  # jemalloc: README, Memory; remix_rft/memory.py
             logger.info("host memory allocator: %s", active_allocator())
         # rank 0 writes the run's metrics (after dropping lines logged after the checkpoint)
@@ -363,12 +361,16 @@ class Trainer:
         ranks = self.dist.all_gather_object(mine)
         return {"type": "ledger", "step": step, **{key: [x for rank in ranks for x in rank[key]] for key in mine}}
 
+    def _max_over_ranks(self, value: float) -> float:
+        return self.dist.all_reduce([value], op="max")[0]
+
     def _selection_metrics(self) -> dict[str, int]:
         """Prompts the selector skipped (cost nothing, generated nothing) since the last record, and in all."""
         if self.selector is None:
             return {}
-        skipped, self._skipped_logged = self.selector.skipped_total - self._skipped_logged, self.selector.skipped_total
-        return {"selection/skipped": skipped, "selection/skipped_total": self.selector.skipped_total}
+        selector = self.selector
+        skipped, selector.reported_total = selector.skipped_total - selector.reported_total, selector.skipped_total
+        return {"selection/skipped": skipped, "selection/skipped_total": selector.skipped_total}
 
     # ---------------------------------------------------------------------------------- pipelined generation
     @watched("weight_sync")
@@ -385,11 +387,9 @@ class Trainer:
         stale = version != step  # the trainer's log-probs under these weights are needed at `step`
         if self.config.rollout.engine == "hf" or stale:
             copy_weights(self.policy, self._snapshot)  # every rank: a sharded parameter is gathered one at a time
-            if self.sync_check is not None:
-                with self.dist.gathered(self.policy):
-                    trainer = self.sync_check.logprobs(self.policy, self.device)
+            if self.sync_check is not None:  # the sharded policy's own forward: no whole-model unshard for a probe
                 self.sync_check.verify("pipeline snapshot", self.sync_check.logprobs(self._snapshot, self.device),
-                                       trainer)
+                                       self.sync_check.logprobs(self.policy, self.device), self._max_over_ranks)
         if self.config.rollout.engine != "hf":
             self._sync_engine()  # vLLM samples its own copy: the same weights
         sync = time.perf_counter() - t0
@@ -554,10 +554,9 @@ class Trainer:
         if self._engine_weights_step != self.state.step:
             self.engine.update_weights(self.policy)
             self._engine_weights_step = self.state.step
-            if self.sync_check is not None and self.config.rollout.engine == "vllm":
-                with self.dist.gathered(self.policy):  # every rank: its own engine, the full weights
-                    self.sync_check.check_engine("vLLM engine", self.engine.response_logprobs, self.policy,
-                                                 self.device)
+            if self.sync_check is not None and self.config.rollout.engine == "vllm":  # every rank: its own engine
+                self.sync_check.check_engine("vLLM engine", self.engine.response_logprobs, self.policy, self.device,
+                                             self._max_over_ranks)
 
     def close(self) -> None:
         with self.watchdog.watch("shutdown"):  # a close stuck in a collective or a grader is watched too

@@ -2,7 +2,7 @@
 
 A hung generation, grader, weight sync or collective (TRL's async NCCL hang: a rank waits forever in a collective its
 peer never joins) used to leave a run burning its machines silently. Each rank's trainer now holds a `Watchdog`
-(`train.watchdog_seconds`, default 1800; null: off). The trainer wraps each blocking phase in `phase(name)`:
+(`train.watchdog_seconds`, default 7200; null: off). The trainer wraps each blocking phase in `phase(name)`:
 generation, scoring, weight_sync, logprobs, update (the update and its collectives), evaluation, checkpoint,
 collective (the stop-request agreement), training_loop (the rest of the loop) and shutdown. Entering or leaving a
 phase is progress; a daemon monitor thread fires when the innermost open phase of a thread has seen none for longer

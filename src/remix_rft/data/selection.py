@@ -52,6 +52,7 @@ class PromptSelector:
         self.seed, self.revisit_after = seed, revisit_after
         self.skip_base, self.max_skip = float(skip_base), float(max_skip)
         self.skipped_total = 0
+        self.reported_total = 0  # skips already reported in a step's metrics (the trainer's `selection/skipped`)
         # only nonzero counts are stored, so memory grows with the prompts that were ever uninformative/skipped
         self._streaks: dict[int, int] = {}
         self._skips: dict[int, int] = {}
@@ -126,6 +127,7 @@ class PromptSelector:
             "streaks": [[index, n] for index, n in sorted(self._streaks.items())],
             "consecutive_skips": [[index, n] for index, n in sorted(self._skips.items())],
             "skipped_total": self.skipped_total,
+            "reported_total": self.reported_total,
             "generator": self._generator.get_state(),
         }
 
@@ -147,3 +149,4 @@ class PromptSelector:
         self._streaks = {index: n for index, n in streaks.items() if n > 0}
         self._skips = {index: n for index, n in skips.items() if n > 0}
         self.skipped_total = int(state["skipped_total"])
+        self.reported_total = int(state.get("reported_total", self.skipped_total))

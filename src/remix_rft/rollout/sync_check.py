@@ -55,19 +55,26 @@ class WeightSyncCheck:
         model.train(was_training)
         return logp[0, :len(self.response_ids)].float().cpu()
 
-    def verify(self, engine: str, engine_logprobs: Sequence[float] | torch.Tensor, trainer_logprobs: torch.Tensor) -> float:
-        """The mean |gap| over the probe's tokens; raises WeightSyncError (one line) above the bound."""
+    def verify(self, engine: str, engine_logprobs: Sequence[float] | torch.Tensor, trainer_logprobs: torch.Tensor,
+               reduce_max: Callable[[float], float] | None = None) -> float:
+        """The mean |gap| over the probe's tokens; raises WeightSyncError (one line) above the bound. `reduce_max`
+        (torchrun: the maximum over ranks) makes every rank stop together when one rank's engine missed the push."""
         gap = float((torch.as_tensor(engine_logprobs, dtype=torch.float32) - trainer_logprobs).abs().mean())
+        if reduce_max is not None:
+            gap = reduce_max(gap)
         self.last_gap = gap
         if not gap <= self.bound:  # NaN fails too
             raise WeightSyncError(
                 f"weight-sync check failed on rank {self.rank}: after the weight sync the {engine}'s log-probs of the "
-                f"probe sequence differ from the trainer's by {gap:.3g} on average (bound {self.bound:g}), so it "
+                f"probe sequence differ from the trainer's by {gap:.3g} on average (the largest over ranks; bound "
+                f"{self.bound:g}), so it "
                 f"would sample other weights than the loss assumes; see docs/guides/troubleshooting.md "
                 f"(rollout.sync_check=false turns the check off)")
         return gap
 
     def check_engine(self, engine: str, engine_score: Callable[[list[int], list[int]], Sequence[float]],
-                     model: torch.nn.Module, device: torch.device) -> float:
+                     model: torch.nn.Module, device: torch.device,
+                     reduce_max: Callable[[float], float] | None = None) -> float:
         """Score the probe with the engine (`engine_score(prompt_ids, response_ids)`) and with `model`; compare."""
-        return self.verify(engine, engine_score(self.prompt_ids, self.response_ids), self.logprobs(model, device))
+        return self.verify(engine, engine_score(self.prompt_ids, self.response_ids), self.logprobs(model, device),
+                           reduce_max)
