@@ -3,7 +3,7 @@ minibatches and token-budget micro-batches (METHOD.md objective)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -101,11 +101,21 @@ class Actor:
         truncation = rollout_truncation(cfg)
         outside_counts = [0.0, 0.0]  # response tokens outside the current policy's truncated set, all tokens
 
+        # a token a correction rejected (weight 0: a mismatch mask, MIS above its cap, outside the top-p / top-k set)
+        # leaves every term: the policy loss's normaliser, the KL and the entropy, as if it were not in the batch
+        # (verl's rollout_rs does the same), so a kept token's gradient does not shrink when others are rejected. The
+        # forward still runs over every response token: a micro-batch with all its tokens rejected keeps a graph, so
+        # every rank's backward (FSDP's collectives) runs
+        loss_mask = None if batch.is_weights is None else \
+            batch.tokens.response_mask * (batch.is_weights > 0).to(batch.tokens.response_mask.dtype)
+
         def micro_loss(index: torch.Tensor, sub: TokenBatch, record: bool) -> torch.Tensor:
-            width, mask = sub.response_ids.shape[1], sub.response_mask
+            width = sub.response_ids.shape[1]
 
             def cut(x: torch.Tensor) -> torch.Tensor:
                 return x[index][:, :width]
+
+            mask = sub.response_mask if loss_mask is None else cut(loss_mask)
 
             with autocast_context(sub.input_ids.device, cfg.model.bf16):
                 logp, entropy = token_logprobs(self.model, sub, cfg.rollout.temperature,
@@ -148,17 +158,10 @@ class Actor:
                 tallies["replay"].add(log_ratio, centre, mask * replay_rows, alg.clip_eps)
             return loss
 
-        # a token a correction rejected (weight 0: a mismatch mask, MIS above its cap, outside the top-p / top-k set)
-        # leaves every term: the policy loss's normaliser, the KL and the entropy, as if it were not in the batch
-        # (verl's rollout_rs does the same), so a kept token's gradient does not shrink when others are rejected
-        tokens = batch.tokens
-        if batch.is_weights is not None:
-            tokens = replace(tokens, response_mask=tokens.response_mask * (batch.is_weights > 0).to(
-                tokens.response_mask.dtype))
-        results = [minibatch_step(tokens, rows, self.optimizer, self.model, micro_loss,
+        results = [minibatch_step(batch.tokens, rows, self.optimizer, self.model, micro_loss,
                                   micro_batch_tokens=cfg.train.micro_batch_tokens,
                                   max_grad_norm=cfg.train.max_grad_norm, loss_agg=alg.loss_agg, step=step,
-                                  what="policy", dist=self.dist)
+                                  what="policy", dist=self.dist, loss_mask=loss_mask)
                    for epoch in range(plan.updates_per_batch)
                    for rows in local_minibatch_rows(len(batch.tokens), cfg.train.minibatch_size, cfg.train.seed,
                                                     step, epoch, self.dist)]

@@ -73,14 +73,18 @@ def _global_micro_weight(micro_mask: torch.Tensor, tokens: float, rows: float, l
 
 def minibatch_step(tokens: TokenBatch, rows: torch.Tensor, optimizer: torch.optim.Optimizer, model: torch.nn.Module,
                    micro_loss: MicroLoss, *, micro_batch_tokens: int | None, max_grad_norm: float, loss_agg: str,
-                   step: int, what: str, dist: Distributed = SINGLE_PROCESS) -> tuple[float, float] | None:
+                   step: int, what: str, dist: Distributed = SINGLE_PROCESS,
+                   loss_mask: torch.Tensor | None = None) -> tuple[float, float] | None:
     """One optimizer step on `rows` of `tokens`, gradients accumulated over token-budget micro-batches.
 
     `micro_loss(index, sub_batch, record)` returns a micro-batch's aggregated loss; each is re-weighted so the
     summed gradient equals the minibatch's. Returns (loss, grad norm), or None when a non-finite loss or
-    gradient (on any rank) skipped the step (weights untouched).
+    gradient (on any rank) skipped the step (weights untouched). `loss_mask` ([B, R], default the response mask):
+    the tokens the loss counts, which the micro-batch weights normalise by (the forward runs over every response
+    token either way).
     """
-    minibatch_mask = tokens.response_mask[rows]
+    counted = tokens.response_mask if loss_mask is None else loss_mask
+    minibatch_mask = counted[rows]
     micros = split_by_token_budget(tokens.select(rows), micro_batch_tokens) if len(rows) else []
     passes = [(rows[torch.as_tensor(micro)], True) for micro in micros]
     if dist.active:
@@ -103,9 +107,9 @@ def minibatch_step(tokens: TokenBatch, rows: torch.Tensor, optimizer: torch.opti
         if not finite:
             break
         if not dist.active:
-            weight = micro_weight(sub.response_mask, minibatch_mask, loss_agg)
+            weight = micro_weight(counted[index], minibatch_mask, loss_agg)
         else:
-            weight = _global_micro_weight(sub.response_mask, global_tokens, global_rows, loss_agg) if real else 0.0
+            weight = _global_micro_weight(counted[index], global_tokens, global_rows, loss_agg) if real else 0.0
         (loss * (weight * dist.world_size)).backward()
         total += float(loss.detach()) * weight
     if finite:
