@@ -64,6 +64,9 @@ def run_environment(max_concurrent: int) -> dict[str, str]:
     env = dict(os.environ)
     for key, value in RUN_ENVIRONMENT.items():
         env.setdefault(key, value)
+    # the runs use this checkout's code: a study launched from a git worktree (pinned to a commit) would otherwise
+    # import whatever the editable install points at, and later edits there would change runs mid-study
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     if max_concurrent > 1 and "OMP_NUM_THREADS" not in env:
         # concurrent runs share the CPU cores instead of each starting one thread per core
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max_concurrent))

@@ -296,3 +296,21 @@ def test_gpu_preset_quick_end_to_end(efficiency, tmp_path):
     before = (out / "grpo-s0" / "wall.json").read_text()
     assert efficiency.main(["--preset", "gpu", "--quick", "--out", str(out), "--only", "grpo", "--seeds", "0"]) == 0
     assert (out / "grpo-s0" / "wall.json").read_text() == before
+
+
+def test_study_runs_import_the_code_of_the_checkout_the_study_runs_from(efficiency):
+    """A study launched from a git worktree pinned to a commit must run that commit's code, not the editable
+    install's (a 2026-12-06 study found its runs importing the live working tree)."""
+    import os
+    import subprocess
+
+    from efficiency_runner import (  # importable once the `efficiency` fixture loaded the script
+        REPO,
+        run_environment,
+    )
+
+    env = run_environment(1)
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO / "src")
+    out = subprocess.run([sys.executable, "-c", "import remix_rft; print(remix_rft.__file__)"], env=env, cwd="/",
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == str(REPO / "src" / "remix_rft" / "__init__.py")
