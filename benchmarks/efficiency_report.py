@@ -438,7 +438,7 @@ class Study:
     machine: str
     shared: list[str] = field(default_factory=list)  # the overrides every run got
     commit: str | None = None
-    target_gain: float | None = None
+    target_gain: list[float] | None = None  # points over the initial accuracy, one per target
     notes: str = ""
     source: str | None = None  # the combined metrics file the report was built from, when not from run dirs
 
@@ -474,8 +474,10 @@ def report_text(study: Study, figures: list[Path], report_dir: Path) -> str:
                      "below). Held-out accuracy is greedy Pass@1 on arithmetic test problems disjoint from the "
                      "training ones; each seed draws its own training order and held-out problems.")
     if study.target_gain is not None:
-        parts.append(f"- Target accuracy for \"rollouts to\": {100 * study.targets[0]:.1f}% (initial accuracy + "
-                     f"{100 * study.target_gain:.0f} points). Budgets are in generated responses (rollouts).")
+        named = ", ".join(f"{100 * target:.1f}% (initial accuracy + {100 * gain:.0f} points)"
+                          for target, gain in zip(study.targets, study.target_gain))
+        parts.append(f"- Target accuracy for \"rollouts to\": {named}. Budgets are in generated responses "
+                     "(rollouts).")
     else:
         parts.append(f"- Targets for \"rollouts to\": {', '.join(_target_name(t) for t in study.targets)} held-out "
                      "accuracy, the first evaluation at or above it. Budgets are in generated responses (rollouts).")
@@ -549,14 +551,17 @@ def run_settings_table(summaries: list[RunSummary], shared: list[str]) -> str:
 
 
 def accuracy_targets(preset: dict[str, Any], summaries: list[RunSummary],
-                     target_gain: float | None = None) -> tuple[list[float], float | None]:
+                     target_gain: float | None = None) -> tuple[list[float], list[float] | None]:
     """The held-out accuracies "rollouts to" reports: the preset's `targets`, or the mean initial accuracy plus
-    `target_gain` (the command line's, else the preset's); returns (targets, the gain used or None)."""
+    `target_gain` (the command line's, else the preset's: one gain or a list, the headline first); returns (targets,
+    the gains used or None)."""
     if "targets" in preset:
         return [float(t) for t in preset["targets"]], None
     gain = target_gain if target_gain is not None else preset["target_gain"]
+    gains = [float(g) for g in gain] if isinstance(gain, list) else [float(gain)]
     initial = [s.accuracy_curve()[0][1] for s in summaries if s.accuracy_curve()]
-    return [(sum(initial) / len(initial) if initial else 0.0) + gain], gain
+    start = sum(initial) / len(initial) if initial else 0.0
+    return [start + g for g in gains], gains
 
 
 def rollout_budgets(preset: dict[str, Any], summaries: list[RunSummary], quick: bool = False) -> list[int]:

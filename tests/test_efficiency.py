@@ -314,3 +314,13 @@ def test_study_runs_import_the_code_of_the_checkout_the_study_runs_from(efficien
     out = subprocess.run([sys.executable, "-c", "import remix_rft; print(remix_rft.__file__)"], env=env, cwd="/",
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == str(REPO / "src" / "remix_rft" / "__init__.py")
+
+
+def test_a_list_of_target_gains_reports_each_target_headline_first(efficiency):
+    spec = efficiency.RunSpec("grpo", [], "main", steps=2)
+    runs = [efficiency.RunSummary(spec=spec, evals=[{"rollouts/total": 0, "eval/average/pass@1": start}])
+            for start in (0.18, 0.22)]
+    targets, gains = efficiency.accuracy_targets({"target_gain": [0.10, 0.05]}, runs)
+    assert gains == [0.10, 0.05] and targets == pytest.approx([0.30, 0.25])
+    assert efficiency.accuracy_targets({"target_gain": 0.05}, runs) == (pytest.approx([0.25]), [0.05])
+    assert efficiency.accuracy_targets({"target_gain": 0.05}, runs, 0.2)[1] == [0.2]  # --target-gain wins
