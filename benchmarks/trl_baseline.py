@@ -27,7 +27,8 @@ Mapping (one of OUR steps = one TRL generation batch):
     rollout.temperature / top_p / top_k -> temperature / top_p / top_k
     rollout.max_new_tokens              -> max_completion_length
     model.dtype / autocast_bf16         -> bf16 (accelerate's bf16 autocast, on CPU here; use_cpu=True), float32 weights
-    model.gradient_checkpointing        -> gradient_checkpointing (TRL's default is True)
+    model.gradient_checkpointing        -> gradient_checkpointing (TRL's default is True); auto is decided as our
+                                           trainer decides it (remix_rft.plan.gradient_checkpointing_for_run)
 
 Prompts: our `load_examples` + `format_prompt` text, given to TRL as plain strings, in exactly the order our
 `PromptSampler` draws them (the dataset is laid out step by step and TRL's shuffling is off). The reward is our
@@ -93,6 +94,18 @@ def steps_per_generation(config: Config) -> int:
     return batch // config.train.minibatch_size
 
 
+def trl_gradient_checkpointing(config: Config) -> bool:
+    """Ours as a bool: `auto` decided as our trainer decides it (the same model, longest prompt and memory)."""
+    from remix_rft.data.sampler import TrainingPrompts
+    from remix_rft.plan import gradient_checkpointing_for_run, resolve_architecture
+
+    if config.model.gradient_checkpointing != "auto":
+        return bool(config.model.gradient_checkpointing)
+    prompts = TrainingPrompts(config, load_tokenizer(config.model.name))
+    return gradient_checkpointing_for_run(config, lambda: resolve_architecture(config.model.name),
+                                          prompts.longest_prompt_tokens(), torch.device("cpu"))[0]
+
+
 def grpo_config_values(config: Config, output_dir: Path) -> dict[str, Any]:
     """The GRPOConfig keyword arguments that reproduce our plain GRPO step (see the module docstring)."""
     alg, train, rollout = config.algorithm, config.train, config.rollout
@@ -115,7 +128,7 @@ def grpo_config_values(config: Config, output_dir: Path) -> dict[str, Any]:
         "use_cpu": True,
         "bf16": config.model.bf16,
         "fp16": False,
-        "gradient_checkpointing": config.model.gradient_checkpointing,
+        "gradient_checkpointing": trl_gradient_checkpointing(config),
         "per_device_train_batch_size": train.minibatch_size,
         "gradient_accumulation_steps": 1,
         "steps_per_generation": per_generation,

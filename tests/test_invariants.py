@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from remix_rft import experience
+from remix_rft import experience, informative
 from remix_rft.trainer import run_training
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -26,9 +26,16 @@ def test_every_replayed_row_is_a_stored_row_of_an_allowed_version_with_its_own_l
     checked = []
     assemble = experience.assemble
 
+    current = []  # the step being trained: every fresh group may have been replaced by buffered ones
+    draw = informative.draw_replay
+
+    def drawing(buffer, step, *args):
+        current.append(step)
+        return draw(buffer, step, *args)
+
     def watched(fresh, replay_groups, pad_id, device):
         batch = assemble(fresh, replay_groups, pad_id, device)
-        step = max([g.version for g in fresh], default=0)
+        step = current[-1]
         assert len({id(g) for g in replay_groups}) == len(replay_groups), "a group drawn twice in one step"
         row = sum(g.num_responses for g in fresh)
         for group in replay_groups:
@@ -52,11 +59,12 @@ def test_every_replayed_row_is_a_stored_row_of_an_allowed_version_with_its_own_l
 
     monkeypatch.setattr(experience, "assemble", watched)
     monkeypatch.setattr(experience, "keep_logprobs", remember)
+    monkeypatch.setattr(informative, "draw_replay", drawing)
     run_training(tiny_config(tmp_path, "remix-grpo", f"reward.custom={tmp_path / 'mixed_reward.py'}:reward",
                              "train.steps=6", "remix.reincarnate_at=null", "remix.offpolicy_fraction=0.5",
-                             f"remix.history_window={window}", f"remix.replay={replay}",
+                             f"remix.history_window={window}", f"remix.replay={replay}", "train.samples_per_prompt=4",
                              "eval.before_training=false", "eval.after_training=false"))
-    assert len(set(checked)) >= 4  # replay from step 2 on
+    assert len(set(checked)) >= 4  # replay from step 2 on (4 samples: informative groups to replay from step 1)
 
 
 @pytest.mark.parametrize("crash_after", [2, 3])  # the last mix-phase step, and the first on-policy one (T = 2)
@@ -98,7 +106,7 @@ def test_weight_sync_check_passes_a_true_sync_and_stops_a_missed_one(tmp_path, m
     """After every copy of the weights into the pipelined job's snapshot, the snapshot scores the probe as the
     policy does (float32: bit-identical); a copy that silently does nothing (the failure injected, as a LoRA push
     that never reached vLLM did in verl#7495) stops the run with one line naming the engine and the gap."""
-    from remix_rft import trainer as trainer_module
+    from remix_rft.rollout import generator as generator_module
     from remix_rft.rollout.sync_check import WeightSyncError
 
     (tmp_path / "mixed_reward.py").write_text(MIXED_REWARD)
@@ -108,6 +116,6 @@ def test_weight_sync_check_passes_a_true_sync_and_stops_a_missed_one(tmp_path, m
     gaps = [line["sync/probe_gap"] for line in read_lines(trainer.run_dir, "train")]
     assert len(gaps) == 3 and max(gaps) == 0.0
 
-    monkeypatch.setattr(trainer_module, "copy_weights", lambda source, snapshot: None)
+    monkeypatch.setattr(generator_module, "copy_weights", lambda source, snapshot: None)
     with pytest.raises(WeightSyncError, match=r"rank 0: .*pipeline snapshot's log-probs of the probe sequence"):
         run_training(tiny_config(tmp_path / "b", "remix-grpo", *overrides))

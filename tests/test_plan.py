@@ -114,3 +114,43 @@ def test_plan_counts_what_dynamic_sampling_may_spend_and_names_the_other_options
     assert "prompt selection: the count is unchanged" in out and "informative replay: generation unchanged" in out
     assert main(["plan", "--config", "quickstart", "--json", *overrides]) == 0
     assert json.loads(capsys.readouterr().out)["max_total_rollouts"] == 1344
+
+
+def test_auto_checkpointing_turns_on_only_past_80_percent_of_the_memory_at_hand():
+    from remix_rft.plan import LEAN_MEMORY_SHARE, choose_gradient_checkpointing
+
+    config = load_config("quickstart", ["model.gradient_checkpointing=auto", "model.dtype=float32"])
+    arch = resolve_architecture(config.model.name)
+    plain = memory_estimate(config, arch, 64, "cpu", checkpointing=False)["peak"]
+    lean = memory_estimate(config, arch, 64, "cpu", checkpointing=True)["peak"]
+    assert lean < plain  # what checkpointing buys, by the same memory model
+    # the boundary: on exactly when the estimate without it passes 80% of what the run has
+    assert choose_gradient_checkpointing(config, arch, 64, "cpu", plain / LEAN_MEMORY_SHARE * 1.01)[0] is False
+    on, why = choose_gradient_checkpointing(config, arch, 64, "cpu", plain / LEAN_MEMORY_SHARE * 0.99)
+    assert on is True and "auto" in why and f"{plain / 1e9:.2f} GB" in why
+    # true / false force it whatever the memory, and say so
+    forced = load_config("quickstart", ["model.gradient_checkpointing=false"])
+    assert choose_gradient_checkpointing(forced, arch, 64, "cpu", 1.0) == (
+        False, "gradient checkpointing off (model.gradient_checkpointing=false)")
+    forced = load_config("quickstart", ["model.gradient_checkpointing=true"])
+    assert choose_gradient_checkpointing(forced, arch, 64, "cpu", 1e15)[0] is True
+
+
+def test_memory_at_hand_reads_memavailable_shared_by_the_hosts_ranks(tmp_path):
+    from remix_rft.memory import memory_at_hand
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n")
+    assert memory_at_hand("cpu", meminfo=str(meminfo), environ={}) == 20_000_000 * 1024
+    assert memory_at_hand("cpu", meminfo=str(meminfo), environ={"LOCAL_WORLD_SIZE": "2"}) == 10_000_000 * 1024
+
+
+def test_plan_prints_what_auto_checkpointing_decides(capsys):
+    assert main(["plan", "--config", "quickstart", "--device", "cpu", "--device-memory-gb", "1000",
+                 "model.gradient_checkpointing=auto"]) == 0
+    assert "gradient checkpointing off (model.gradient_checkpointing=auto)" in capsys.readouterr().out
+    assert main(["plan", "--config", "quickstart", "--device", "cpu", "--device-memory-gb", "2",
+                 "model.gradient_checkpointing=auto"]) == 0
+    out = capsys.readouterr().out
+    assert "gradient checkpointing on (model.gradient_checkpointing=auto)" in out
+    assert "activations (micro-batch)" in out

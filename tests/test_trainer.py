@@ -282,3 +282,30 @@ def test_mismatch_correction_needs_engine_logprobs(tmp_path):
         tiny_config(tmp_path, "remix-grpo", "rollout.is_correction=tis")
     with pytest.raises(ConfigError, match="rollout.mismatch_mask"):
         tiny_config(tmp_path, "remix-grpo", "rollout.mismatch_mask=icepop")
+
+
+def test_gradient_checkpointing_auto_follows_the_memory_at_hand(tmp_path, monkeypatch, caplog):
+    """`auto`: off where the plan's estimate fits (the default job's speed), on where memory is short; the choice is
+    logged and kept in run_info.json; true / false force it."""
+    def checkpointed(trainer: Trainer) -> bool:
+        model = trainer.policy  # transformers renamed the flag (the old name warns)
+        return bool(getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing)
+
+    def build(run: str, *overrides: str) -> Trainer:
+        return Trainer(load_config("grpo", [*TINY, f"logging.output_dir={tmp_path}", f"logging.run_name={run}",
+                                            *overrides]))
+
+    caplog.set_level("INFO", logger="remix_rft.trainer")
+    monkeypatch.setattr("remix_rft.memory.memory_at_hand", lambda device_type, index=None: 1e12)
+    roomy = build("roomy", "model.gradient_checkpointing=auto")
+    assert not checkpointed(roomy)
+    assert "gradient checkpointing off (model.gradient_checkpointing=auto)" in caplog.text
+    monkeypatch.setattr("remix_rft.memory.memory_at_hand", lambda device_type, index=None: 1e6)  # 1 MB: short
+    short = build("short", "model.gradient_checkpointing=auto")
+    assert checkpointed(short)
+    info = json.loads((short.run_dir / "run_info.json").read_text())
+    assert info["gradient_checkpointing"].startswith("gradient checkpointing on (model.gradient_checkpointing=auto)")
+    forced, off = build("forced", "model.gradient_checkpointing=true"), build("off", "model.gradient_checkpointing=false")
+    assert checkpointed(forced) and not checkpointed(off)
+    for trainer in (roomy, short, forced, off):
+        trainer.close()

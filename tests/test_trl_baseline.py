@@ -54,7 +54,11 @@ def test_quickstart_maps_to_trl_batch_shape(tmp_path, dtype):
     # TRL's bf16 flag is our compute dtype, whatever `auto` picked on this CPU
     assert values["bf16"] is config.model.bf16 is (config.model.compute_dtype == "bfloat16")
     assert values["use_cpu"] is True
-    assert values["gradient_checkpointing"] is config.model.gradient_checkpointing is True
+    # auto (the default job's): TRL gets the decision our trainer makes on this machine; true / false pass through
+    assert config.model.gradient_checkpointing == "auto"
+    assert values["gradient_checkpointing"] is trl_baseline.trl_gradient_checkpointing(config)
+    forced = load_config("quickstart", ["model.gradient_checkpointing=true"])
+    assert trl_baseline.grpo_config_values(forced, tmp_path)["gradient_checkpointing"] is True
     assert values["shuffle_dataset"] is False
 
 

@@ -38,8 +38,6 @@ REFERENCE_DIR = REPO_ROOT / "docs" / "reference"
 # Help for the fields whose source line carries no comment (the name alone does not say enough). Prefer adding a
 # comment in config.py: it then wins over this table.
 FALLBACK_HELP: dict[str, str] = {
-    "model.gradient_checkpointing": "keep only each layer's input for backward and recompute the rest (activation "
-                                    "memory of a micro-batch drops ~30x at the 1.5B shape; costs one extra forward)",
     "algorithm.clip_eps": "clip range around the clip centre",
     "algorithm.entropy_coef": "entropy bonus weight (0: none)",
     "algorithm.grpo_eps": "added to the group's reward standard deviation when GRPO scales advantages",

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
-from remix_rft.buffer import RolloutGroup
+from remix_rft.buffer import ReplayBuffer, RolloutGroup
+from remix_rft.data.selection import PromptSelector
 
 
 def group_informative(rewards: Sequence[float], group_size: int) -> list[bool]:
@@ -46,6 +47,26 @@ def replace_uninformative(fresh: Sequence[RolloutGroup], replacements: int) -> l
         if not group.informative:
             dropped.add(id(group))
     return [g for g in fresh if id(g) not in dropped]
+
+
+def draw_replay(buffer: ReplayBuffer, step: int, planned: int, fresh: list[RolloutGroup],
+                replace: bool) -> tuple[list[RolloutGroup], list[RolloutGroup], int]:
+    """Step 3, this rank's replayed groups: `planned` whole groups from the buffer and, with `replace` (informative
+    replay), one more in the place of each fresh group whose rewards are all equal, as far as the buffer holds them.
+    Returns (the fresh groups left, the replayed groups, the replacements made)."""
+    wanted = planned + (sum(not g.informative for g in fresh) if replace else 0)
+    count = min(wanted, buffer.drawable(step))
+    replayed = buffer.sample(count, step) if count else []
+    replacements = max(count - planned, 0)
+    return replace_uninformative(fresh, replacements), replayed, replacements
+
+
+def selection_metrics(selector: PromptSelector | None) -> dict[str, int]:
+    """Prompts the selector skipped (cost nothing, generated nothing) since the last record, and in all."""
+    if selector is None:
+        return {}
+    skipped, selector.reported_total = selector.skipped_total - selector.reported_total, selector.skipped_total
+    return {"selection/skipped": skipped, "selection/skipped_total": selector.skipped_total}
 
 
 def signal_metrics(generated: Sequence[RolloutGroup], trained: Sequence[RolloutGroup],

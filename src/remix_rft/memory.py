@@ -187,3 +187,28 @@ def reexec_with_jemalloc() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def memory_at_hand(device_type: str, device_index: int | None = None, meminfo: str = "/proc/meminfo",
+                   environ: MutableMapping[str, str] = os.environ) -> float:
+    """Bytes this process can count on for its peak: a GPU's free memory; on CPU the RAM available now (MemAvailable:
+    free plus reclaimable cache) shared by this host's ranks (LOCAL_WORLD_SIZE under torchrun)."""
+    if device_type == "cuda":
+        import torch
+
+        return float(torch.cuda.mem_get_info(device_index)[0])
+    available = None
+    try:
+        with open(meminfo) as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    available = float(line.split()[1]) * 1024  # kB
+                    break
+    except OSError:
+        pass
+    if available is None:  # no /proc (macOS): the machine's RAM
+        try:
+            available = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            available = float("inf")
+    return available / max(int(environ.get("LOCAL_WORLD_SIZE", "1")), 1)

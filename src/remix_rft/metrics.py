@@ -90,6 +90,14 @@ def create_run_dir(config, run_dir: Path | None, dist) -> Path:
     return run_dir
 
 
+def add_run_info(run_dir: Path, dist, **facts: Any) -> None:
+    """Add facts decided after the run directory was made (e.g. the memory-lean choice) to its run_info.json."""
+    if dist.is_main:
+        path = run_dir / "run_info.json"
+        info = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps({**info, **facts}, indent=2) + "\n")
+
+
 # How a step metric measured on one rank's share combines over data-parallel ranks; a key in none of these is
 # the same on every rank (the schedule, counters, and what the actor and critic already reduced).
 # The sampler/trainer mismatch statistics (experience.mismatch_correction) come for all rows and by kind of row.
@@ -180,6 +188,33 @@ def reduce_over_ranks(record: dict[str, Any], dist, rollouts: int, tokens: float
     for rank, values in enumerate(dist.all_gather_object([record[k] for k in memory])):
         out.update({f"{k}/rank{rank}": v for k, v in zip(memory, values)})
     return out
+
+
+def reduce_step_record(record: dict[str, Any], dist, batch, rollouts: int, step: int,
+                       fresh_groups: list | None = None) -> dict[str, Any]:
+    """A train step's record combined over ranks (`reduce_over_ranks`; fresh and replayed rows' statistics weighted
+    by their own tokens and rows), with the world size and, given the step's fresh groups (pipelined generation),
+    `rollouts/staleness`: the policy versions they lag behind (0 synchronous, 1 one-step-off)."""
+    mask, replay = batch.tokens.response_mask, batch.is_replay
+    record = reduce_over_ranks(
+        record, dist, rollouts, float(mask.sum()),
+        kind_tokens={"fresh": float(mask[~replay].sum()), "replay": float(mask[replay].sum())},
+        kind_rows={"fresh": float((~replay).sum()), "replay": float(replay.sum())})
+    record["distributed/world_size"] = dist.world_size
+    if fresh_groups is not None:
+        lag, groups = dist.all_reduce([float(sum(step - g.version for g in fresh_groups)), float(len(fresh_groups))])
+        record["rollouts/staleness"] = lag / max(groups, 1.0)
+    return record
+
+
+def prompt_ledger(step: int, generated: list, trained: list, replayed: list, dist) -> dict[str, Any]:
+    """The step's line of the prompt ledger (metrics.jsonl, type "ledger"): the training-set indices it generated
+    for, trained on fresh, and replayed (with the version that generated them), every rank's in rank order. A
+    resumed run must write the same lines as an uninterrupted one (tests/test_invariants.py)."""
+    mine = {"generated": [g.meta["index"] for g in generated], "trained": [g.meta["index"] for g in trained],
+            "replayed": [[g.meta["index"], g.version] for g in replayed]}
+    ranks = dist.all_gather_object(mine)
+    return {"type": "ledger", "step": step, **{key: [x for rank in ranks for x in rank[key]] for key in mine}}
 
 
 def step_summary(record: dict[str, Any], total_steps: int) -> str:

@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,9 +195,12 @@ def _activation_bytes_per_token_layer(arch: Architecture, bf16: bool) -> float:
 
 
 def memory_estimate(config: Config, arch: Architecture, prompt_tokens: int = 256,
-                    device_type: str = "cuda") -> dict[str, float]:
-    """Peak memory components in bytes (see the module docstring); key 'peak' is the estimate."""
+                    device_type: str = "cuda", checkpointing: bool | None = None) -> dict[str, float]:
+    """Peak memory components in bytes (see the module docstring); key 'peak' is the estimate. `checkpointing`:
+    with or without activation checkpointing (default: the config's; `auto` counts as off, the larger estimate)."""
     m, t, ro = config.model, config.train, config.rollout
+    if checkpointing is None:
+        checkpointing = m.gradient_checkpointing is True
     bf16 = m.bf16
     c = 2 if bf16 else 4
     n = arch.parameters
@@ -237,7 +241,7 @@ def memory_estimate(config: Config, arch: Architecture, prompt_tokens: int = 256
     # update: one micro-batch through the policy (the critic's is smaller: no LM head)
     tokens = min(t.micro_batch_tokens, t.minibatch_size * length)
     per_layer = _activation_bytes_per_token_layer(arch, bf16)
-    if m.gradient_checkpointing:
+    if checkpointing:
         activations = tokens * (arch.num_layers * 4 * arch.hidden_size + per_layer)
     else:
         activations = tokens * arch.num_layers * per_layer
@@ -254,6 +258,45 @@ def memory_estimate(config: Config, arch: Architecture, prompt_tokens: int = 256
     out["generation peak"] = static + generation_total
     out["update peak"] = static + update_total
     return out
+
+
+LEAN_MEMORY_SHARE = 0.8  # `gradient_checkpointing=auto` turns it on past this share of the memory at hand
+
+
+def _forced_checkpointing(config: Config) -> tuple[bool, str] | None:
+    setting = config.model.gradient_checkpointing
+    if setting == "auto":
+        return None
+    return bool(setting), f"gradient checkpointing {'on' if setting else 'off'} (model.gradient_checkpointing=" \
+                          f"{str(setting).lower()})"
+
+
+def choose_gradient_checkpointing(config: Config, arch: Architecture, prompt_tokens: int, device_type: str,
+                                  available_bytes: float) -> tuple[bool, str]:
+    """Whether the run checkpoints activations, and why (one line for the log): the setting when it is true or
+    false; under `auto`, on only when the estimated peak without it passes LEAN_MEMORY_SHARE of `available_bytes`,
+    since recomputing every layer in backward costs about a third more update time."""
+    forced = _forced_checkpointing(config)
+    if forced is not None:
+        return forced
+    plain = memory_estimate(config, arch, prompt_tokens, device_type, checkpointing=False)["peak"]
+    lean = plain > LEAN_MEMORY_SHARE * available_bytes
+    return lean, (f"gradient checkpointing {'on' if lean else 'off'} (model.gradient_checkpointing=auto): estimated "
+                  f"peak without it {plain / 1e9:.2f} GB, {'over' if lean else 'within'} "
+                  f"{LEAN_MEMORY_SHARE:.0%} of the {available_bytes / 1e9:.1f} GB at hand; true or false forces it")
+
+
+def gradient_checkpointing_for_run(config: Config, architecture: Callable[[], Architecture], prompt_tokens: int,
+                                   device: torch.device) -> tuple[bool, str]:
+    """`choose_gradient_checkpointing` for a run about to train: the model's architecture (built only under `auto`),
+    its longest prompt, the memory at hand on its device (memory.memory_at_hand)."""
+    from remix_rft.memory import memory_at_hand
+
+    forced = _forced_checkpointing(config)
+    if forced is not None:
+        return forced
+    return choose_gradient_checkpointing(config, architecture(), prompt_tokens, device.type,
+                                         memory_at_hand(device.type, device.index))
 
 
 def default_device_memory_gb(device_type: str = "cuda") -> float:
@@ -314,10 +357,12 @@ def format_plan(config: Config, arch: Architecture, prompt_tokens: int, device_m
                      f"{auto.min_step}, min_step) the run generates "
                      f"{earliest.total_rollouts(t.steps, t.samples_per_prompt):,} rollouts")
     lines.append("")
-    estimate = memory_estimate(config, arch, prompt_tokens, device_type)
+    checkpointing, why = choose_gradient_checkpointing(config, arch, prompt_tokens, device_type,
+                                                       device_memory_gb * 1e9)
+    estimate = memory_estimate(config, arch, prompt_tokens, device_type, checkpointing)
     lines.append(f"peak memory per device (prompts ~{prompt_tokens} tokens, responses {config.rollout.max_new_tokens},"
-                 f" {'bf16 mixed precision' if config.model.bf16 else 'float32'}, gradient checkpointing "
-                 f"{'on' if config.model.gradient_checkpointing else 'off'}; peak during {estimate['peak phase']}):")
+                 f" {'bf16 mixed precision' if config.model.bf16 else 'float32'}, {why}; peak during "
+                 f"{estimate['peak phase']}):")
     for key, value in estimate.items():
         if key in ("peak", "peak phase", "generation peak", "update peak") or not value:
             continue
@@ -360,7 +405,8 @@ def plan_command(args: argparse.Namespace) -> int:
             else "cpu"
     memory = args.device_memory_gb or default_device_memory_gb(device_type)
     if args.json:
-        estimate = memory_estimate(config, arch, args.prompt_tokens, device_type)
+        checkpointing, _ = choose_gradient_checkpointing(config, arch, args.prompt_tokens, device_type, memory * 1e9)
+        estimate = memory_estimate(config, arch, args.prompt_tokens, device_type, checkpointing)
         phases, total = step_arithmetic(config)
         rounds = config.train.dynamic_sampling_max_rounds if config.train.dynamic_sampling else 1
         print(json.dumps({"parameters": arch.parameters, "total_rollouts": total, "max_total_rollouts": rounds * total,

@@ -24,9 +24,13 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from remix_rft.config import AutoReincarnation
+
+if TYPE_CHECKING:  # the trainer's plumbing below only calls them; the monitor stays plain Python
+    from remix_rft.distributed import Distributed
+    from remix_rft.schedule import ReMixSchedule
 
 TRIGGERS = ("ess", "length_drop", "kl_precedent", "reward_plateau", "max_step")
 # the step record's key each moving-mean signal reads
@@ -164,3 +168,26 @@ class ReincarnationMonitor:
         self.streaks = dict(state["streaks"])
         self.best_reward, self.steps_since_gain = state["best_reward"], state["steps_since_gain"]
         self.decision = None if state["decision"] is None else Decision(**state["decision"])
+
+
+# ---------------------------------------------------------------------------------------------------- the trainer's
+def watch_step(monitor: ReincarnationMonitor, step: int, record: dict[str, Any], dist: Distributed,
+               schedule: ReMixSchedule) -> None:
+    """After a mix-phase step (before any reincarnation): rank 0's monitor reads the step's metrics; when a trigger
+    fires, T moves to this step (every rank follows rank 0) and the step's record says which trigger fired."""
+    decision = monitor.observe(step, record) if dist.is_main else None
+    record.update(monitor.signals())
+    decision = dist.broadcast_object(decision)
+    if decision is not None:
+        monitor.decision = decision
+        schedule.reincarnate_after(decision.step)
+        record.update({"reincarnation/trigger": decision.trigger, "reincarnation/message": decision.message})
+
+
+def reincarnation_event(step: int, monitor: ReincarnationMonitor | None, rollouts_total: int) -> dict[str, Any]:
+    """The metrics.jsonl event of the reincarnation before `step`, with the trigger that decided it (if adaptive)."""
+    decision = monitor.decision if monitor is not None else None
+    why = f" ({decision.message})" if decision is not None else ""
+    return {"type": "event", "event": "reincarnation", "step": step, "rollouts/total": rollouts_total,
+            **(decision.to_dict() if decision is not None else {}),
+            "message": f"reference <- policy after step {step - 1}; on-policy from step {step}{why}"}

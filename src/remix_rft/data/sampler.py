@@ -66,6 +66,13 @@ class TrainingPrompts:
                                                system_prompt=self._data.system_prompt)
         return self._cache[index]
 
+    def longest_prompt_tokens(self, sample: int = 256) -> int:
+        """The longest prompt, in tokens, among up to `sample` examples spread evenly over the set: a memory plan's
+        prompt length without tokenizing a large set."""
+        stride = max(len(self.examples) // sample, 1)
+        return max(len(self._tokenizer(self.prompt(i), add_special_tokens=False)["input_ids"])
+                   for i in range(0, len(self.examples), stride))
+
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()
 

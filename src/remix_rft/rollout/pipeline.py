@@ -8,7 +8,7 @@ tagged with version k, and the behaviour ratio pi_theta / pi_k, the same one ReM
 corrects them (Mix-PPG's clip centre pi_{k+1} / pi_k). With `max_staleness=0` the job starts after the update, from
 the updated weights, so a pipelined run equals a synchronous one; that is the check of the machinery.
 
-This module holds the thread and the snapshot's weight copy; what a job does is the trainer's business. A job's
+This module holds the thread and the snapshot's weight copy; what a job does is rollout/generator.py's. A job's
 result is saved in checkpoints (`state_dict` waits for it), so a resumed run trains on the very responses the
 uninterrupted one would have.
 """
