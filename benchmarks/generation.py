@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--hf-max-batch-size", type=int, default=64, help="the HF engine's rollout.max_batch_size")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--engines", default="hf,vllm")
+    parser.add_argument("--engines", default="hf,vllm", help="hf, hf-plain (the HF engine decoding finished rows "
+                        "to the batch's end, as before compaction), vllm")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (HF) / bf16 weights (vLLM)")
+    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's); 1 on a machine other processes keep busy")
     parser.add_argument("--out", type=Path, default=None, help="also write the table, machine and command here")
@@ -73,13 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, dtype="float32", device=args.device)
-    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0, seed=0)
+    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=0)
     results: dict[str, dict[int, tuple[float, int, float]]] = {}
     starts: dict[str, float] = {}
     for name in [e.strip() for e in args.engines.split(",") if e.strip()]:
         start = time.perf_counter()
-        options = {"max_batch_size": args.hf_max_batch_size} if name == "hf" else {"seed": 0}
-        engine = build_engine(name, model, tokenizer, **options)
+        if name in ("hf", "hf-plain"):  # hf-plain: every row decoded to the batch's end (no compaction)
+            options = {"max_batch_size": args.hf_max_batch_size, "autocast_bf16": args.bf16,
+                       "compact": name == "hf"}
+        else:
+            options = {"seed": 0, **({"dtype": "bfloat16"} if args.bf16 else {})}
+        engine = build_engine("hf" if name == "hf-plain" else name, model, tokenizer, **options)
         starts[name] = time.perf_counter() - start
         results[name] = {}
         for batch in batches:
@@ -93,16 +100,14 @@ def main(argv: list[str] | None = None) -> int:
             close()
 
     header = ["batch (responses)"] + [f"{name} tokens/s" for name in results]
-    if {"hf", "vllm"} <= set(results):
-        header.append("vllm / hf")
+    ratios = [(a, b) for a, b in (("vllm", "hf"), ("hf", "hf-plain")) if {a, b} <= set(results)]
+    header += [f"{a} / {b}" for a, b in ratios]
     rows = []
     for batch in batches:
         row = [str(batch)] + [f"{results[name][batch][0]:.1f}" for name in results]
-        if {"hf", "vllm"} <= set(results):
-            row.append(f"{results['vllm'][batch][0] / results['hf'][batch][0]:.2f}x")
+        row += [f"{results[a][batch][0] / results[b][batch][0]:.2f}x" for a, b in ratios]
         rows.append(row)
-    rows.append(["engine start (s)"] + [f"{starts[name]:.1f}" for name in results]
-                + ([""] if {"hf", "vllm"} <= set(results) else []))
+    rows.append(["engine start (s)"] + [f"{starts[name]:.1f}" for name in results] + [""] * len(ratios))
     table = markdown_table(header, rows)
     print(table)
     if args.out is not None:

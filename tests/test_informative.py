@@ -175,9 +175,12 @@ def test_config_checks_the_new_options(tmp_path):
 # ------------------------------------------------------------------------------------------ in the trainer
 def test_informative_replay_in_training_replays_only_informative_groups_and_replaces_uninformative_fresh(tmp_path,
                                                                                                         mixed):
-    trainer = run_training(tiny_config(tmp_path, "remix-grpo", mixed, *REMIX, "train.steps=5",
-                                       "remix.reincarnate_at=4", "remix.replay=informative",
-                                       "remix.history_window=4"))
+    # 4 samples a prompt and 4 replays a group: enough informative groups in the buffer that some step finds more
+    # than its planned replay while its fresh groups have none to spare (the seed's draw; 3 of seeds 0-3 do)
+    trainer = run_training(tiny_config(tmp_path, "remix-grpo", mixed, *REMIX, "train.steps=7",
+                                       "remix.reincarnate_at=6", "remix.replay=informative",
+                                       "remix.history_window=4", "train.samples_per_prompt=4",
+                                       "remix.max_replays=4"))
     lines = read_lines(trainer.run_dir, "train")
     replayed = [line for line in lines if line["replay/groups"] > 0]
     assert replayed, "no step replayed"
@@ -264,8 +267,10 @@ def test_second_moment_mask_leaves_out_the_fewest_outliers_by_hand():
 
 
 def test_replay_m2_mask_in_training_weighs_out_stale_replayed_tokens(tmp_path, mixed):
+    # 4 samples a prompt: the first steps have reward variance, so the policy moves away from the buffered groups'
     trainer = run_training(tiny_config(tmp_path, "remix-grpo", mixed, *REMIX, "train.steps=4", "remix.reincarnate_at=3",
-                                       "remix.replay_m2_threshold=1e-6", "train.lr=1e-2"))
+                                       "remix.replay_m2_threshold=1e-6", "train.lr=1e-2",
+                                       "train.samples_per_prompt=4"))
     lines = read_lines(trainer.run_dir, "train")
     replayed = [line for line in lines if line["replay/groups"] > 0]
     assert replayed and all("replay/m2" in line for line in lines if line["phase"] == "mix")

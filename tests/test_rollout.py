@@ -71,7 +71,7 @@ def test_finish_reasons_lengths_and_grouped_order(tokenizer, tiny_model):
     bias_towards_eos(tiny_model, eos, logit_bias=8.5)
     engine = HFRolloutEngine(tiny_model, tokenizer, max_batch_size=4)
     rollouts = engine.generate(
-        PROMPTS, samples_per_prompt=3, sampling=SamplingParams(max_new_tokens=12, seed=3)
+        PROMPTS, samples_per_prompt=3, sampling=SamplingParams(max_new_tokens=12, seed=4)
     )
     assert [(r.prompt_index, r.sample_index) for r in rollouts] == [
         (p, s) for p in range(3) for s in range(3)
@@ -90,6 +90,50 @@ def test_finish_reasons_lengths_and_grouped_order(tokenizer, tiny_model):
         assert rollout.text == tokenizer.decode(rollout.response_ids, skip_special_tokens=True)
         assert "<|im_end|>" not in rollout.text
     assert {r.finish_reason for r in rollouts} == {"eos", "length"}
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16"])
+def test_finished_rows_leaving_the_batch_change_no_token(tokenizer, tiny_model, bf16, monkeypatch):
+    """Compaction (finished rows leave the decode batch) against the plain loop that decodes every row to the end:
+    the same tokens, and log-probs within float noise (float32) or bf16's rounding of another batch shape."""
+    from transformers.cache_utils import DynamicCache
+
+    selections = []
+    select = DynamicCache.batch_select_indices
+    monkeypatch.setattr(DynamicCache, "batch_select_indices",
+                        lambda cache, indices: (selections.append(len(indices)), select(cache, indices)))
+    bias_towards_eos(tiny_model, tokenizer.eos_token_id, logit_bias=8.5)
+    sampling = SamplingParams(max_new_tokens=16, temperature=0.9, seed=11)
+    compacted = HFRolloutEngine(tiny_model, tokenizer, autocast_bf16=bf16).generate(PROMPTS, 6, sampling)
+    shrinks = list(selections)
+    assert len(shrinks) >= 2 and shrinks == sorted(shrinks, reverse=True)  # the batch shrank, step by step
+    plain = HFRolloutEngine(tiny_model, tokenizer, autocast_bf16=bf16, compact=False).generate(PROMPTS, 6, sampling)
+    assert selections == shrinks  # the plain loop decodes every row to the end
+    lengths = sorted(r.num_tokens for r in plain)
+    assert lengths[0] < lengths[len(lengths) // 2] < lengths[-1]  # rows stop at many different steps
+    same = [a.response_ids == b.response_ids for a, b in zip(compacted, plain)]
+    if not bf16:
+        assert all(same)
+    else:  # another batch shape rounds bf16 matmuls differently: a near-tie may draw another token
+        assert sum(same) >= 0.8 * len(same)
+    gap = max(max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs))
+              for a, b, equal in zip(compacted, plain, same) if equal)
+    assert gap < (0.05 if bf16 else 1e-5)
+
+
+def test_inverse_transform_sampling_draws_the_distribution_and_never_a_cut_token():
+    from remix_rft.rollout.hf import sample_from_logits
+
+    generator = torch.Generator().manual_seed(0)
+    logits = filter_top_k_top_p(torch.randn(1, 40, generator=generator) * 2, top_k=0, top_p=0.9)
+    probs = logits.softmax(-1)[0].double()
+    draws = 100_000
+    tokens = sample_from_logits(logits.expand(draws, -1), torch.rand(draws, generator=generator, dtype=torch.float64))
+    counts = torch.bincount(tokens, minlength=40).double()
+    assert counts[probs == 0].sum() == 0  # outside the top-p set: never drawn
+    kept = probs > 0
+    chi2 = float(((counts[kept] - draws * probs[kept]) ** 2 / (draws * probs[kept])).sum())
+    assert chi2 < 30  # dof = kept - 1 (a handful here); p < 1e-4 beyond this
 
 
 def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone(tokenizer, tiny_model):

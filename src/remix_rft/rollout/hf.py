@@ -63,6 +63,16 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits.masked_fill(~truncation_keep_mask(logits, top_k, top_p), float("-inf"))
 
 
+def sample_from_logits(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One token per row of `logits` [rows, vocab] by inverse transform sampling with the row's `uniform` in [0, 1):
+    the first token whose cumulative probability passes it. A token with probability 0 (outside top-k / top-p) is
+    never drawn; float64 keeps the cumulative sum exact enough over a large vocabulary."""
+    cumulative = logits.softmax(dim=-1).double().cumsum(dim=-1)
+    threshold = (uniform * cumulative[:, -1]).unsqueeze(-1)
+    tokens = torch.searchsorted(cumulative, threshold, right=True).squeeze(-1)
+    return tokens.clamp_(max=logits.shape[-1] - 1)
+
+
 def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     ids = set()
     if tokenizer.eos_token_id is not None:
@@ -90,6 +100,7 @@ class HFRolloutEngine:
         tokenizer: PreTrainedTokenizerBase,
         max_batch_size: int = 64,
         autocast_bf16: bool = False,
+        compact: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -97,6 +108,7 @@ class HFRolloutEngine:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.autocast_bf16 = autocast_bf16
+        self.compact = compact  # finished rows leave the decode batch (see _sample)
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
@@ -153,7 +165,12 @@ class HFRolloutEngine:
     def _sample(
         self, prompts: list[list[int]], sampling: SamplingParams, generator: torch.Generator | None
     ) -> tuple[list[list[int]], list[list[float]], list[bool]]:
-        """Sample one response per prompt row; returns token ids, behaviour log-probs and whether EOS ended it."""
+        """Sample one response per prompt row; returns token ids, behaviour log-probs and whether EOS ended it.
+
+        Rows that have stopped leave the decode batch (their KV cache rows with them) once a quarter of it has
+        stopped: a batch whose answers are mostly short otherwise decodes every finished row to the longest one's
+        end. Each step draws one uniform per row of the whole batch, finished or not, so a row's tokens do not
+        depend on which others are still decoding (`compact=False` gives the same tokens, tests/test_rollout.py)."""
         device = next(self.model.parameters()).device
         batch_size, prompt_length = len(prompts), max(len(p) for p in prompts)
         input_ids = torch.full((batch_size, prompt_length), self.pad_token_id, dtype=torch.long)
@@ -170,9 +187,11 @@ class HFRolloutEngine:
             "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         )
 
+        steps = sampling.max_new_tokens
+        all_tokens = torch.full((batch_size, steps), self.pad_token_id, dtype=torch.long, device=device)
+        all_logprobs = torch.zeros((batch_size, steps), dtype=torch.float32, device=device)
+        rows = torch.arange(batch_size, device=device)  # the full-batch row of each row still decoding
         finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
-        step_tokens: list[torch.Tensor] = []
-        step_logprobs: list[torch.Tensor] = []
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -180,39 +199,51 @@ class HFRolloutEngine:
             use_cache=True,
             logits_to_keep=1,
         )
-        for step in range(sampling.max_new_tokens):
+        # every cache layer must drop rows (a linear-attention layer of a hybrid model cannot): else decode them all
+        cache = getattr(outputs, cache_name)
+        compact = self.compact and hasattr(cache, "batch_select_indices") and all(
+            hasattr(layer, "batch_select_indices") for layer in getattr(cache, "layers", ()))
+        length = 0
+        for step in range(steps):
             logits = outputs.logits[:, -1, :].float() / temperature
             if sampling.greedy:
                 tokens = logits.argmax(dim=-1)
             else:
                 # the behaviour log-probs are those of the distribution drawn from: truncated and renormalised
                 logits = filter_top_k_top_p(logits, sampling.top_k, sampling.top_p)
-                tokens = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+                uniform = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
+                tokens = sample_from_logits(logits, uniform[rows])
             logprobs = torch.log_softmax(logits, dim=-1)
-            # Rows that already stopped keep sampling (batched) but their tokens are dropped below.
-            step_tokens.append(tokens)
-            step_logprobs.append(logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
-            finished |= torch.isin(tokens, eos_ids)
-            if bool(finished.all()) or step + 1 == sampling.max_new_tokens:
+            all_tokens[rows, step] = tokens
+            all_logprobs[rows, step] = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+            length = step + 1
+            finished[rows] |= torch.isin(tokens, eos_ids)
+            done = finished[rows]  # stopped now or at an earlier step since the last compaction
+            if bool(finished.all()) or step + 1 == steps:
                 break
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, 1)], dim=1)
+            cache = getattr(outputs, cache_name)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
             position_ids = position_ids[:, -1:] + 1
+            if compact and int(done.sum()) * 4 >= len(rows):
+                keep = (~done).nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                rows, tokens = rows[keep], tokens[keep]
+                attention_mask, position_ids = attention_mask[keep], position_ids[keep]
             outputs = self.model(
                 input_ids=tokens.unsqueeze(-1),
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 use_cache=True,
-                **{cache_name: getattr(outputs, cache_name)},
+                **{cache_name: cache},
             )
 
-        all_tokens = torch.stack(step_tokens, dim=1).cpu()
-        all_logprobs = torch.stack(step_logprobs, dim=1).cpu()
+        all_tokens, all_logprobs = all_tokens[:, :length].cpu(), all_logprobs[:, :length].cpu()
         is_eos = torch.isin(all_tokens, eos_ids.cpu())
         token_lists, logprob_lists, ended = [], [], []
         for row in range(batch_size):
             eos_positions = is_eos[row].nonzero()
-            length = int(eos_positions[0]) + 1 if len(eos_positions) else all_tokens.shape[1]
-            token_lists.append(all_tokens[row, :length].tolist())
-            logprob_lists.append(all_logprobs[row, :length].tolist())
+            row_length = int(eos_positions[0]) + 1 if len(eos_positions) else all_tokens.shape[1]
+            token_lists.append(all_tokens[row, :row_length].tolist())
+            logprob_lists.append(all_logprobs[row, :row_length].tolist())
             ended.append(bool(len(eos_positions)))
         return token_lists, logprob_lists, ended
