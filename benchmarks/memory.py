@@ -5,7 +5,7 @@ SmolLM2-135M on CPU: load the model, build a micro-batch of random tokens, recor
 report the peak and its rise over the model-loaded baseline. `plain` computes the [rows, R, vocab] float32 logits
 of all response columns at once (the code before the lean path); `chunked` gathers the response positions' hidden
 states and runs the LM head `--chunk` tokens at a time, recomputing it in backward (remix_rft/logprobs.py);
-`chunked + act. ckpt` adds activation checkpointing (`model.gradient_checkpointing`, as the default job does).
+`chunked + act. ckpt` adds activation checkpointing (`model.gradient_checkpointing=true`, the default job's where memory is short).
 
     python benchmarks/memory.py                          # the four passes, table printed
     python benchmarks/memory.py --job                    # + the default job (`remix-rft train`) peak RSS and time

@@ -97,13 +97,14 @@ def steps_per_generation(config: Config) -> int:
 def trl_gradient_checkpointing(config: Config) -> bool:
     """Ours as a bool: `auto` decided as our trainer decides it (the same model, longest prompt and memory)."""
     from remix_rft.data.sampler import TrainingPrompts
+    from remix_rft.memory import memory_at_hand
     from remix_rft.plan import gradient_checkpointing_for_run, resolve_architecture
 
     if config.model.gradient_checkpointing != "auto":
         return bool(config.model.gradient_checkpointing)
     prompts = TrainingPrompts(config, load_tokenizer(config.model.name))
     return gradient_checkpointing_for_run(config, lambda: resolve_architecture(config.model.name),
-                                          prompts.longest_prompt_tokens(), torch.device("cpu"))[0]
+                                          prompts.longest_prompt_tokens, memory_at_hand("cpu"), "cpu")[0]
 
 
 def grpo_config_values(config: Config, output_dir: Path) -> dict[str, Any]:

@@ -117,12 +117,13 @@ def test_plan_counts_what_dynamic_sampling_may_spend_and_names_the_other_options
 
 
 def test_auto_checkpointing_turns_on_only_past_80_percent_of_the_memory_at_hand():
+    """The update's peak is compared: checkpointing lowers that one only."""
     from remix_rft.plan import LEAN_MEMORY_SHARE, choose_gradient_checkpointing
 
     config = load_config("quickstart", ["model.gradient_checkpointing=auto", "model.dtype=float32"])
     arch = resolve_architecture(config.model.name)
-    plain = memory_estimate(config, arch, 64, "cpu", checkpointing=False)["peak"]
-    lean = memory_estimate(config, arch, 64, "cpu", checkpointing=True)["peak"]
+    plain = memory_estimate(config, arch, 64, "cpu", checkpointing=False)["update peak"]
+    lean = memory_estimate(config, arch, 64, "cpu", checkpointing=True)["update peak"]
     assert lean < plain  # what checkpointing buys, by the same memory model
     # the boundary: on exactly when the estimate without it passes 80% of what the run has
     assert choose_gradient_checkpointing(config, arch, 64, "cpu", plain / LEAN_MEMORY_SHARE * 1.01)[0] is False
@@ -141,8 +142,18 @@ def test_memory_at_hand_reads_memavailable_shared_by_the_hosts_ranks(tmp_path):
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n")
-    assert memory_at_hand("cpu", meminfo=str(meminfo), environ={}) == 20_000_000 * 1024
-    assert memory_at_hand("cpu", meminfo=str(meminfo), environ={"LOCAL_WORLD_SIZE": "2"}) == 10_000_000 * 1024
+    none = str(tmp_path / "no-cgroup")
+    assert memory_at_hand("cpu", meminfo=str(meminfo), environ={}, cgroup=none) == 20_000_000 * 1024
+    assert memory_at_hand("cpu", meminfo=str(meminfo), environ={"LOCAL_WORLD_SIZE": "2"},
+                          cgroup=none) == 10_000_000 * 1024
+    # a container's limit leaves less than the host's MemAvailable: the limit wins
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text("8000000000\n")
+    (cgroup / "memory.current").write_text("3000000000\n")
+    assert memory_at_hand("cpu", meminfo=str(meminfo), environ={}, cgroup=str(cgroup)) == 5e9
+    (cgroup / "memory.max").write_text("max\n")
+    assert memory_at_hand("cpu", meminfo=str(meminfo), environ={}, cgroup=str(cgroup)) == 20_000_000 * 1024
 
 
 def test_plan_prints_what_auto_checkpointing_decides(capsys):
@@ -154,3 +165,13 @@ def test_plan_prints_what_auto_checkpointing_decides(capsys):
     out = capsys.readouterr().out
     assert "gradient checkpointing on (model.gradient_checkpointing=auto)" in out
     assert "activations (micro-batch)" in out
+
+
+def test_auto_checkpointing_stays_off_for_a_config_it_cannot_estimate():
+    from remix_rft.plan import gradient_checkpointing_for_run
+
+    def unreadable():
+        raise AttributeError("'GPT2Config' object has no attribute 'intermediate_size'")
+
+    on, why = gradient_checkpointing_for_run(load_config("grpo"), unreadable, lambda: 64, 1e6, "cpu")
+    assert on is False and "no memory estimate" in why and "intermediate_size" in why

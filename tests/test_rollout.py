@@ -272,3 +272,26 @@ def test_engine_options_carry_the_vllm_settings_of_the_config():
     assert options["seed"] == config.train.seed
     assert engine_options(load_config("remix-grpo", ["rollout.engine=vllm"]))["kv_cache_memory_bytes"] is None
     assert "kv_cache_memory_bytes" not in engine_options(load_config("remix-grpo"))  # the HF engine has no such knob
+
+
+def test_rows_leave_only_a_cache_of_attention_layers():
+    """A hybrid model's linear-attention layer keeps recurrent states that dropping rows would leave whole."""
+    from types import SimpleNamespace
+
+    from transformers import cache_utils
+
+    from remix_rft.rollout.hf import rows_can_leave
+
+    select = lambda indices: None  # noqa: E731
+    attention = object.__new__(cache_utils.DynamicLayer)
+    assert rows_can_leave(SimpleNamespace(layers=[attention, attention], batch_select_indices=select))
+    hybrid = object.__new__(cache_utils.LinearAttentionAndFullAttentionLayer)
+    assert not rows_can_leave(SimpleNamespace(layers=[attention, hybrid], batch_select_indices=select))
+    assert not rows_can_leave(SimpleNamespace(batch_select_indices=select))  # an older cache: no layers to check
+
+
+def test_non_finite_logits_are_an_error_not_a_sample():
+    from remix_rft.rollout.hf import sample_from_logits
+
+    with pytest.raises(ValueError, match="non-finite"):
+        sample_from_logits(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0.5], dtype=torch.float64))

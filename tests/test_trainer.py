@@ -296,11 +296,11 @@ def test_gradient_checkpointing_auto_follows_the_memory_at_hand(tmp_path, monkey
                                             *overrides]))
 
     caplog.set_level("INFO", logger="remix_rft.trainer")
-    monkeypatch.setattr("remix_rft.memory.memory_at_hand", lambda device_type, index=None: 1e12)
+    monkeypatch.setattr("remix_rft.trainer.memory_at_hand", lambda device_type, index=None: 1e12)
     roomy = build("roomy", "model.gradient_checkpointing=auto")
     assert not checkpointed(roomy)
     assert "gradient checkpointing off (model.gradient_checkpointing=auto)" in caplog.text
-    monkeypatch.setattr("remix_rft.memory.memory_at_hand", lambda device_type, index=None: 1e6)  # 1 MB: short
+    monkeypatch.setattr("remix_rft.trainer.memory_at_hand", lambda device_type, index=None: 1e6)  # 1 MB: short
     short = build("short", "model.gradient_checkpointing=auto")
     assert checkpointed(short)
     info = json.loads((short.run_dir / "run_info.json").read_text())

@@ -83,8 +83,9 @@ class ModelConfig:
     # log-prob gap, for a slower head matmul in training chunks (README, Precision). No effect under float32 compute.
     lm_head_dtype: str = "auto"
     # recompute each layer's activations in backward instead of keeping them: less memory, ~1/3 more update time.
-    # auto = on only where memory is short: when `remix-rft plan`'s estimated peak without it passes 80% of the
-    # memory this run has (free GPU memory; on CPU available RAM shared by this host's ranks); the log says which
+    # auto = on only where memory is short: when `remix-rft plan`'s estimated update peak without it passes 80% of
+    # the memory at hand at the start (free GPU memory; on CPU available RAM, within a container's limit, shared by
+    # this host's ranks); off where the estimate cannot read the model's config; the log says which and why
     gradient_checkpointing: bool | str = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     lora: LoraSettings = field(default_factory=LoraSettings)

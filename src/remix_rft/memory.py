@@ -189,10 +189,21 @@ def reexec_with_jemalloc() -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
+def _cgroup_headroom(cgroup: str) -> float | None:
+    """Bytes left under this container's memory limit (cgroup v2 memory.max - memory.current), None without one."""
+    try:
+        limit = open(os.path.join(cgroup, "memory.max")).read().strip()
+        current = float(open(os.path.join(cgroup, "memory.current")).read().strip())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(float(limit) - current, 0.0)
+
+
 def memory_at_hand(device_type: str, device_index: int | None = None, meminfo: str = "/proc/meminfo",
-                   environ: MutableMapping[str, str] = os.environ) -> float:
+                   environ: MutableMapping[str, str] = os.environ, cgroup: str = "/sys/fs/cgroup") -> float:
     """Bytes this process can count on for its peak: a GPU's free memory; on CPU the RAM available now (MemAvailable:
-    free plus reclaimable cache) shared by this host's ranks (LOCAL_WORLD_SIZE under torchrun)."""
+    free plus reclaimable cache, or less where a container's memory limit leaves less) shared by this host's ranks
+    (LOCAL_WORLD_SIZE under torchrun)."""
     if device_type == "cuda":
         import torch
 
@@ -211,4 +222,7 @@ def memory_at_hand(device_type: str, device_index: int | None = None, meminfo: s
             available = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
         except (ValueError, OSError, AttributeError):
             available = float("inf")
+    headroom = _cgroup_headroom(cgroup)
+    if headroom is not None:
+        available = min(available, headroom)
     return available / max(int(environ.get("LOCAL_WORLD_SIZE", "1")), 1)

@@ -279,24 +279,29 @@ def choose_gradient_checkpointing(config: Config, arch: Architecture, prompt_tok
     forced = _forced_checkpointing(config)
     if forced is not None:
         return forced
-    plain = memory_estimate(config, arch, prompt_tokens, device_type, checkpointing=False)["peak"]
+    # the update's peak: checkpointing lowers only that one (a generation peak from a large KV cache stays)
+    plain = memory_estimate(config, arch, prompt_tokens, device_type, checkpointing=False)["update peak"]
     lean = plain > LEAN_MEMORY_SHARE * available_bytes
     return lean, (f"gradient checkpointing {'on' if lean else 'off'} (model.gradient_checkpointing=auto): estimated "
-                  f"peak without it {plain / 1e9:.2f} GB, {'over' if lean else 'within'} "
+                  f"update peak without it {plain / 1e9:.2f} GB, {'over' if lean else 'within'} "
                   f"{LEAN_MEMORY_SHARE:.0%} of the {available_bytes / 1e9:.1f} GB at hand; true or false forces it")
 
 
-def gradient_checkpointing_for_run(config: Config, architecture: Callable[[], Architecture], prompt_tokens: int,
-                                   device: torch.device) -> tuple[bool, str]:
-    """`choose_gradient_checkpointing` for a run about to train: the model's architecture (built only under `auto`),
-    its longest prompt, the memory at hand on its device (memory.memory_at_hand)."""
-    from remix_rft.memory import memory_at_hand
-
+def gradient_checkpointing_for_run(config: Config, architecture: Callable[[], Architecture], prompt_tokens: Callable[[], int],
+                                   available_bytes: float, device_type: str) -> tuple[bool, str]:
+    """`choose_gradient_checkpointing` for a run about to train: the model's architecture and its longest prompt (both
+    computed only under `auto`), and `available_bytes`, the memory at hand before the run loaded anything
+    (memory.memory_at_hand). A model whose config the estimate cannot read keeps checkpointing off, as before
+    `auto`, and says so."""
     forced = _forced_checkpointing(config)
     if forced is not None:
         return forced
-    return choose_gradient_checkpointing(config, architecture(), prompt_tokens, device.type,
-                                         memory_at_hand(device.type, device.index))
+    try:
+        arch = architecture()
+    except (AttributeError, KeyError, TypeError, ValueError) as error:  # e.g. GPT-2's config: no intermediate_size
+        return False, (f"gradient checkpointing off (model.gradient_checkpointing=auto): no memory estimate for this "
+                       f"model's config ({type(error).__name__}: {error}); true forces it on")
+    return choose_gradient_checkpointing(config, arch, prompt_tokens(), device_type, available_bytes)
 
 
 def default_device_memory_gb(device_type: str = "cuda") -> float:

@@ -43,7 +43,7 @@ from remix_rft.errors import ConfigError
 from remix_rft.experience import FreshRollouts
 from remix_rft.interrupt import Interrupted
 from remix_rft.logprobs import accumulate_tied_grad_in_place, run_head_in_float32
-from remix_rft.memory import active_allocator, bound_kernel_caches, return_free_pages
+from remix_rft.memory import active_allocator, bound_kernel_caches, memory_at_hand, return_free_pages
 from remix_rft.metrics import MetricsLogger
 from remix_rft.models import enable_activation_checkpointing, load_model, load_tokenizer
 from remix_rft.plan import architecture_from_hf_config, gradient_checkpointing_for_run
@@ -90,13 +90,14 @@ class Trainer(TrainingRun):
         self.pad_id = self.tokenizer.pad_token_id
         # float32 master weights whatever model.dtype says: bf16 runs as autocast, so AdamW's small updates are not
         # rounded away (at lr 1e-6 most are below half a bf16 ulp); frozen copies take the compute dtype
+        at_hand = memory_at_hand(self.device.type, self.device.index)  # before the weights: the estimate counts them
         policy = load_model(cfg.model.name, dtype="float32").to(self.device)
         policy.train()
         # activation checkpointing only where memory is short (model.gradient_checkpointing=auto: the plan's estimate
         # against the memory at hand); every rank alike, since FSDP gathers a layer's weights again to recompute it
         lean, why = gradient_checkpointing_for_run(
             cfg, lambda: architecture_from_hf_config(policy.config, cfg.model.name, "the loaded model"),
-            self.prompts.longest_prompt_tokens(), self.device)
+            self.prompts.longest_prompt_tokens, at_hand, self.device.type)
         if self.dist.all_reduce([float(lean)], op="max")[0] > 0:
             enable_activation_checkpointing(policy)
             why = why if lean else f"gradient checkpointing on: another rank is short of memory (here: {why})"

@@ -63,11 +63,28 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits.masked_fill(~truncation_keep_mask(logits, top_k, top_p), float("-inf"))
 
 
+def rows_can_leave(cache) -> bool:
+    """Whether finished rows can be dropped from `cache`: only a cache made of attention key/value layers. A
+    hybrid model's linear-attention or Mamba layer keeps conv / recurrent states that `batch_select_indices` leaves
+    whole (transformers 5.x gives such layers the method anyway), and an older cache without `layers` is not known."""
+    layers = getattr(cache, "layers", None)
+    if not layers or not hasattr(cache, "batch_select_indices"):
+        return False
+    try:
+        from transformers.cache_utils import LinearAttentionCacheLayerMixin as recurrent  # transformers >= 5
+    except ImportError:
+        recurrent = ()
+    return all(hasattr(layer, "batch_select_indices") and not isinstance(layer, recurrent)
+               and not hasattr(layer, "conv_states") and not hasattr(layer, "recurrent_states") for layer in layers)
+
+
 def sample_from_logits(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """One token per row of `logits` [rows, vocab] by inverse transform sampling with the row's `uniform` in [0, 1):
     the first token whose cumulative probability passes it. A token with probability 0 (outside top-k / top-p) is
     never drawn; float64 keeps the cumulative sum exact enough over a large vocabulary."""
     cumulative = logits.softmax(dim=-1).double().cumsum(dim=-1)
+    if not bool(torch.isfinite(cumulative[:, -1]).all()):  # as torch.multinomial refuses: a NaN model, not a sample
+        raise ValueError("the sampling distribution has non-finite probabilities (NaN or inf logits)")
     threshold = (uniform * cumulative[:, -1]).unsqueeze(-1)
     tokens = torch.searchsorted(cumulative, threshold, right=True).squeeze(-1)
     return tokens.clamp_(max=logits.shape[-1] - 1)
@@ -199,10 +216,7 @@ class HFRolloutEngine:
             use_cache=True,
             logits_to_keep=1,
         )
-        # every cache layer must drop rows (a linear-attention layer of a hybrid model cannot): else decode them all
-        cache = getattr(outputs, cache_name)
-        compact = self.compact and hasattr(cache, "batch_select_indices") and all(
-            hasattr(layer, "batch_select_indices") for layer in getattr(cache, "layers", ()))
+        compact = self.compact and rows_can_leave(getattr(outputs, cache_name))
         length = 0
         for step in range(steps):
             logits = outputs.logits[:, -1, :].float() / temperature
