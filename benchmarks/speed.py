@@ -16,7 +16,7 @@ s/step over the setup's: 2.00x = twice as fast). The host allocator is the one e
 re-executes itself under jemalloc where installed, TRL runs on glibc's malloc (REMIX_RFT_ALLOCATOR=system in the
 environment puts ours on glibc's too).
 
-    python benchmarks/speed.py                                    # 3 setups x 2 precisions: ~25 min on 2 cores
+    python benchmarks/speed.py                                    # 3 setups x 2 precisions: 22 min on 2 cores
     python benchmarks/speed.py --precisions bf16 --setups grpo,remix-grpo --out runs/speed-bf16
     python benchmarks/speed.py --model tiny-random --steps 2 rollout.max_new_tokens=4    # a quick check, ~3 min
 

@@ -95,6 +95,14 @@ class RolloutGenerator:
             return self.prompts.next(count)
         return self.selector.select(self.prompts.next, count)[0]
 
+    def _score(self, indices: list[int], rollouts: list) -> tuple[list, list]:
+        """Each response's example and its checked score (the reward is not called for no responses)."""
+        examples = [self.prompts.examples[indices[r.prompt_index]] for r in rollouts]
+        with self.watchdog.phase("scoring"):
+            scores = check_scores(self.reward, self.reward.score([r.text for r in rollouts], examples), examples) \
+                if rollouts else []
+        return examples, scores
+
     def _max_over_ranks(self, value: float) -> float:
         return self.dist.all_reduce([value], op="max")[0]
 
@@ -138,10 +146,7 @@ class RolloutGenerator:
                                             self.config.train.samples_per_prompt, self._sampling(step, salt)) \
                 if indices else []
         t1 = time.perf_counter()
-        examples = [self.prompts.examples[indices[r.prompt_index]] for r in rollouts]
-        with self.watchdog.phase("scoring"):
-            scores = check_scores(self.reward, self.reward.score([r.text for r in rollouts], examples), examples) \
-                if rollouts else []
+        examples, scores = self._score(indices, rollouts)
         times = {"weight_sync": t_sync - t0, "generation": t1 - t_sync, "scoring": time.perf_counter() - t1}
         return FreshRollouts(indices, rollouts, examples, scores, times)
 
@@ -193,9 +198,7 @@ class RolloutGenerator:
             rollouts = self._generation_engine.generate([self.prompts.prompt(i) for i in indices],
                                                         cfg.train.samples_per_prompt, self._sampling(step))
         t1 = time.perf_counter()
-        examples = [self.prompts.examples[indices[r.prompt_index]] for r in rollouts]
-        with self.watchdog.phase("scoring"):
-            scores = check_scores(self.reward, self.reward.score([r.text for r in rollouts], examples), examples)
+        examples, scores = self._score(indices, rollouts)
         t2 = time.perf_counter()
         trainer_logprobs = experience.generating_logprobs(cfg, self.snapshot, rollouts, self.pad_id, self.device) \
             if stale else None
