@@ -102,7 +102,11 @@ def test_tiny_run_end_to_end(speed, tmp_path, capsys):
             assert all(values[column] == "-" for column in ours) and values["speed vs TRL"] == "1.00x"
         assert (out / f"{setup}-float32" / "metrics.jsonl").exists() and (out / f"{setup}-float32.log").exists()
     if "trl" in setups:
+        # the ratio is taken before rounding and the table shows s/step to 0.01 s: on a tiny model (~0.1 s a step)
+        # that rounding alone moves the ratio by several per cent, so the check is the interval it allows
         trl_step = _number(rows[0][columns.index("s/step")])
         for row in rows[1:]:
-            ratio = _number(row[columns.index("speed vs TRL")])
-            assert ratio == pytest.approx(trl_step / _number(row[columns.index("s/step")]), rel=0.02, abs=0.01)
+            ratio, step = _number(row[columns.index("speed vs TRL")]), _number(row[columns.index("s/step")])
+            low = (trl_step - 0.005) / (step + 0.005) - 0.005
+            high = (trl_step + 0.005) / max(step - 0.005, 1e-9) + 0.005
+            assert low <= ratio <= high, (ratio, trl_step, step)
