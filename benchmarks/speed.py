@@ -1,7 +1,8 @@
 """Training speed: TRL's GRPOTrainer, our GRPO and our ReMix-GRPO on the default job's shape, in one table.
 
-For each precision, `float32` (model.dtype=float32) and `bf16` (model.dtype=auto: bf16 autocast on a CPU with
-AVX512-BF16 or AMX, float32 elsewhere; the header says which), and each setup, one process after the other:
+For each precision, `float32` (model.dtype=float32) and `bf16` (model.dtype=bfloat16: bf16 autocast, emulated and
+slow on a CPU without AVX512-BF16 or AMX; the header says which of the two the default `auto` picks here), and each
+setup, one process after the other:
 `trl` (TRL's GRPOTrainer through benchmarks/trl_baseline.py: plain GRPO on our data, reward and batch shape), `grpo`
 (`remix-rft train --config quickstart remix.enabled=false`) and `remix-grpo` (`remix-rft train --config
 quickstart`). Every run has the quickstart shape (8 prompts x 4 samples, 48 new tokens, 6 steps; ReMix's mix phase
@@ -55,7 +56,7 @@ SETUPS = {
     "grpo": ("GRPO (ours)", "remix", ["remix.enabled=false"]),
     "remix-grpo": ("ReMix-GRPO (ours)", "remix", []),
 }
-PRECISIONS = {"float32": ["model.dtype=float32"], "bf16": ["model.dtype=auto"]}
+PRECISIONS = {"float32": ["model.dtype=float32"], "bf16": ["model.dtype=bfloat16"]}
 # the speed job: no evaluation, no checkpoints, no progress bar (as soak.py's run_job)
 JOB = ["eval.before_training=false", "eval.after_training=false", "eval.every=0", "checkpoint.every=0",
        "checkpoint.save_final=false", "logging.progress=false", "logging.tensorboard=false"]
@@ -172,7 +173,8 @@ def speed_table(rows: list[dict]) -> str:
     trl = {r["precision"]: r["step"] for r in rows if r["setup"] == "trl" and r["status"] == "done"}
     lines = []
     for r in rows:
-        precision = r["precision"] if r["precision"] in ("float32", r["dtype"]) else f"{r['precision']} (auto: {r['dtype']})"
+        expected = "float32" if r["precision"] == "float32" else "bfloat16"
+        precision = r["precision"] if r["dtype"] == expected else f"{r['precision']} (ran {r['dtype']})"
         if r["status"] != "done":
             lines.append([SETUPS[r["setup"]][0], precision, r["allocator"], r["status"], *["-"] * 7])
             continue
@@ -233,7 +235,8 @@ def header(argv: list[str], config) -> list[str]:
         "",
         f"- machine: {gpu}{cpu_model_name()}, {os.cpu_count()} cores, native bf16: "
         f"{'yes' if native_cpu_bf16() else 'no'} ({', '.join(flags) or 'no AVX512-BF16/AMX flags'})",
-        f"- precision bf16 = model.dtype=auto, which resolves here to {auto}: {why}",
+        f"- precision bf16 = model.dtype=bfloat16 (bf16 autocast); the default model.dtype=auto resolves here to "
+        f"{auto}: {why}",
         f"- {versions}",
         f"- commit: {commit()}",
         f"- command: python benchmarks/speed.py {shlex.join(argv)}".rstrip(),

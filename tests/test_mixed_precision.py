@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 import torch
 
+from remix_rft import hardware
 from remix_rft.batching import collate, token_logprobs
 from remix_rft.config import load_config
 from remix_rft.models import autocast_context, build_tiny_model
@@ -91,15 +93,44 @@ def test_autocast_bf16_is_the_older_spelling_of_dtype_bfloat16():
     assert load_config("remix-grpo").model.compute_dtype == "float32"
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bfloat16"), (False, True, "bfloat16"),
-                                                         (False, False, "float32")])
-def test_dtype_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, avx512_bf16, amx, expected):
-    """The default job asks for `model.dtype=auto`: emulated bf16 is ~3x slower than float32 on a CPU without it."""
+@pytest.mark.parametrize("avx512_bf16, amx, speedup, expected", [
+    (True, False, 2.5, "bfloat16"),  # AVX512-BF16 whose bf16 matmuls are measured faster (an AMD EPYC, Zen 4)
+    (True, False, 0.52, "float32"),  # AVX512-BF16 whose bf16 matmuls are slower (an Intel Xeon exposing no AMX)
+    (True, True, 0.52, "bfloat16"),  # AMX: no measurement needed
+    (False, True, None, "bfloat16"),
+    (False, False, None, "float32"),  # emulated bf16 is ~3x slower than float32
+])
+def test_dtype_auto_is_bf16_only_where_the_cpu_computes_it_faster(monkeypatch, avx512_bf16, amx, speedup, expected):
+    """The default job asks for `model.dtype=auto`: bf16 autocast only where the CPU runs bf16 matmuls faster."""
     monkeypatch.delenv("REMIX_RFT_AUTO_DTYPE", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    measured = []
+    monkeypatch.setattr(hardware, "bf16_matmul_speedup", lambda: measured.append(1) or speedup)
     model = load_config("quickstart", ["model.device=cpu"]).model
     assert model.dtype == "auto" and model.compute_dtype == expected and model.bf16 == (expected == "bfloat16")
+    assert bool(measured) == (avx512_bf16 and not amx)  # measured only where the flags leave it open
+    if measured:
+        assert f"{speedup:.2f}x" in hardware.auto_dtype("cpu")[1]
+
+
+def test_the_bf16_speedup_is_measured_once_and_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("REMIX_CACHE_DIR", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(hardware, "_measure_bf16_speedup", lambda: calls.append(1) or 0.75)
+    hardware.bf16_matmul_speedup.cache_clear()
+    try:
+        assert hardware.bf16_matmul_speedup() == 0.75 and hardware.bf16_matmul_speedup() == 0.75
+        hardware.bf16_matmul_speedup.cache_clear()  # a new process reads the file
+        assert hardware.bf16_matmul_speedup() == 0.75 and calls == [1]
+        assert list(json.loads((tmp_path / "bf16_speedup.json").read_text()).values()) == [0.75]
+    finally:
+        hardware.bf16_matmul_speedup.cache_clear()
+
+
+def test_the_measured_speedup_is_a_ratio_of_real_matmuls():
+    speedup = hardware._measure_bf16_speedup(rounds=1, repeats=1)
+    assert 0.05 < speedup < 50  # emulated bf16 (~0.3x) up to AMX (~10x)
 
 
 def test_dtype_auto_on_cuda_without_a_gpu_is_float32(monkeypatch):
@@ -206,10 +237,6 @@ def test_float32_weights_per_module_restores_the_storage_when_a_pass_raises():
 def test_auto_dtype_env_overrides_the_cpu_choice_and_run_info_records_it(tmp_path, monkeypatch, forced):
     """REMIX_RFT_AUTO_DTYPE makes `auto` pick the other CPU kind's precision (how CI runs the bf16 path on AVX2);
     run_info.json says which precision a run computed in and why, next to the CPU's features."""
-    import json
-
-    from remix_rft import hardware
-
     monkeypatch.setenv("REMIX_RFT_AUTO_DTYPE", forced)
     model = load_config("quickstart", ["model.device=cpu"]).model
     assert model.compute_dtype == forced

@@ -84,7 +84,7 @@ def test_tiny_run_end_to_end(speed, tmp_path, capsys):
     text = (out / "speed.md").read_text()
     assert text.strip() in capsys.readouterr().out
     for part in ("## Training speed: tiny-random, 4 prompts x 2 samples, 4 new tokens, 2 steps", "- machine: ",
-                 "native bf16: ", "model.dtype=auto, which resolves here to ", "- torch ", "- commit: ",
+                 "native bf16: ", "the default model.dtype=auto resolves here to ", "- torch ", "- commit: ",
                  "- command: python benchmarks/speed.py --model tiny-random --steps 2", "- date: "):
         assert part in text, part
     columns, rows = _table(text)

@@ -1,15 +1,18 @@
 """What the machine computes in: CPU features, the kernels torch dispatches to, and the precision `auto` picks.
 
-Two users running the same config on an AVX2 CPU and on one with AVX512-BF16/AMX get different numbers, because
-`model.dtype=auto` runs float32 on the first and bf16 autocast on the second. Every run records this (run_info.json)
-so that the difference is explained, not guessed at.
+Two users running the same config on an AVX2 CPU and on one with AMX get different numbers, because `model.dtype=auto`
+runs float32 on the first and bf16 autocast on the second (on AVX512-BF16 without AMX: whichever matmul is measured
+faster). Every run records this (run_info.json) so that the difference is explained, not guessed at.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,69 @@ def native_cpu_bf16() -> bool:
                 or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def amx_cpu() -> bool:
+    """True where torch sees AMX tiles (a VM may hide them though the chip has them: /proc/cpuinfo then omits amx_*)."""
+    import torch
+
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+# bf16 autocast pays only where bf16 matmuls outrun float32's. With AMX they do; with AVX512-BF16 alone it depends on
+# the chip: an AMD EPYC with AVX512-BF16 ran the default job's GRPO step 1.47x faster in bf16, an Intel Xeon that
+# exposes no AMX 1.60x slower (its bf16 matmuls at 0.52-0.71x float32's; docs/benchmarks/precision.md). Below this measured speedup of a
+# model-shaped matmul, `auto` keeps float32 (bf16 also costs casts and a wider gap between sampler and trainer).
+BF16_MIN_SPEEDUP = 1.2
+_SPEEDUP_SHAPE = (2048, 576, 1536)  # tokens x hidden x MLP width: the default model's most common matmul
+
+
+def _measure_bf16_speedup(rounds: int = 3, repeats: int = 3) -> float:
+    """bf16 / float32 throughput of one matmul shape, the best of interleaved rounds (so load hits both alike)."""
+    import torch
+
+    m, k, n = _SPEEDUP_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    a, w = torch.randn(m, k, generator=generator), torch.randn(n, k, generator=generator)
+    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+    pairs = {dtype: (a.to(dtype), w.to(dtype)) for dtype in best}
+    with torch.no_grad():
+        for x, y in pairs.values():
+            torch.nn.functional.linear(x, y)  # warm-up: kernel selection, thread pool
+        for _ in range(rounds):
+            for dtype, (x, y) in pairs.items():
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    torch.nn.functional.linear(x, y)
+                best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+@functools.cache
+def bf16_matmul_speedup() -> float:
+    """How much faster a bf16 matmul runs than a float32 one on this CPU: measured once per machine and thread count
+    (about a second), cached in the remix-rft cache folder (bf16_speedup.json)."""
+    import torch
+
+    from remix_rft.models import cache_dir
+
+    key = f"{cpu_model_name()}|{torch.get_num_threads()} threads|torch {torch.__version__}"
+    path = cache_dir() / "bf16_speedup.json"
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if isinstance(cached.get(key), (int, float)) and cached[key] > 0:
+        return float(cached[key])
+    cached[key] = _measure_bf16_speedup()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(cached, indent=2) + "\n")
+        temporary.replace(path)
+    except OSError:
+        pass  # a read-only cache only costs a measurement per process
+    return cached[key]
+
+
 def auto_dtype_override() -> str | None:
     """The dtype `REMIX_RFT_AUTO_DTYPE` asks `auto` to pick on the CPU, or None; a bad value is an error."""
     value = os.environ.get(AUTO_DTYPE_ENV, "").strip()
@@ -74,9 +140,15 @@ def auto_dtype(device: str) -> tuple[str, str]:
     override = auto_dtype_override()
     if override is not None:
         return override, f"{AUTO_DTYPE_ENV}={override}"
-    if native_cpu_bf16():
-        return "bfloat16", "CPU with native bf16 (AVX512-BF16 or AMX)"
-    return "float32", "CPU without native bf16 (no AVX512-BF16 or AMX)"
+    if not native_cpu_bf16():
+        return "float32", "CPU without native bf16 (no AVX512-BF16 or AMX)"
+    if amx_cpu():
+        return "bfloat16", "CPU with AMX (native bf16 tiles)"
+    speedup = bf16_matmul_speedup()
+    if speedup >= BF16_MIN_SPEEDUP:
+        return "bfloat16", f"CPU with AVX512-BF16, no AMX: bf16 matmuls measured {speedup:.2f}x float32's speed"
+    return "float32", (f"CPU with AVX512-BF16 but no AMX, where bf16 matmuls measured {speedup:.2f}x float32's "
+                       f"speed (bf16 needs {BF16_MIN_SPEEDUP}x)")
 
 
 def run_info(config: Any) -> dict[str, Any]:

@@ -29,7 +29,8 @@ class StepWork:
     generated_tokens: int
     prompt_tokens: int  # prompt tokens fed to generation (one per generated response)
     batch_tokens: int  # real (unpadded) prompt + response tokens of the training batch
-    logprob_passes: int  # no-grad policy-sized passes over the batch (pi_k, reference, precedent)
+    logprob_passes: float  # no-grad policy-sized passes over the batch (pi_k, reference, precedent; a share of one
+    # where pi_k's pass ran on some rows only: rollout.reuse_sampler_logprobs)
     update_passes: int  # passes of minibatch updates over the batch (remix.updates_per_batch)
 
     def flops(self) -> dict[str, float]:
@@ -95,23 +96,25 @@ _MEASURED: dict[str, float] = {}  # this process's peaks by device key
 
 
 def peak_flops_per_s(device: torch.device, bf16: bool, configured_tflops: float | None = None) -> float:
-    """The MFU denominator in FLOP/s: configured, else cached, else measured now and cached."""
+    """The MFU denominator in FLOP/s: configured, else the best of every measurement on this machine. Each process
+    measures once (about a second) and keeps the larger of that and the cached value: a first measurement taken while
+    other work shared the cores (a study, a test suite) would otherwise stay the machine's peak, and MFU read > 100%."""
     if configured_tflops is not None:
         return configured_tflops * 1e12
     key = _device_key(device, bf16)
-    if key in _MEASURED:  # called every step: read the cache file (or measure) once per process
+    if key in _MEASURED:  # called every step: measured once per process
         return _MEASURED[key]
     path = cache_dir() / "peak_flops.json"
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    if isinstance(cached.get(key), (int, float)) and cached[key] > 0:
-        _MEASURED[key] = float(cached[key])
-        return _MEASURED[key]
     measured = measure_matmul_flops(device, torch.float32)
     if bf16:  # autocast leaves some matmuls in float32, and a CPU may emulate bf16: the faster kernel bounds the step
         measured = max(measured, measure_matmul_flops(device, torch.bfloat16))
+    previous = cached.get(key)
+    if isinstance(previous, (int, float)) and previous > measured:
+        measured = float(previous)
     cached[key] = _MEASURED[key] = measured
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,18 +122,25 @@ def peak_flops_per_s(device: torch.device, bf16: bool, configured_tflops: float 
         temporary.write_text(json.dumps(cached, indent=2) + "\n")
         temporary.replace(path)
     except OSError:
-        pass  # a read-only cache only costs a re-measurement next time
+        pass  # a read-only cache only loses the best of earlier measurements
     return measured
 
 
-def step_work(policy: torch.nn.Module, critic, references, batch, rollouts, plan) -> StepWork:
-    """The model work of one trainer step (this rank's share under torchrun; parameter counts are global)."""
+def step_work(policy: torch.nn.Module, critic, references, batch, rollouts, plan, sampler_pi_k: bool = False
+              ) -> StepWork:
+    """The model work of one trainer step (this rank's share under torchrun; parameter counts are global).
+    `sampler_pi_k`: this step's fresh rows took pi_k from the sampler, so pi_k's pass ran on the other rows only."""
+    tokens = batch.tokens.attention_mask.sum(dim=1)
+    pi_k_share = 1.0
+    if sampler_pi_k:
+        passed = batch.is_replay | (batch.versions != plan.step)
+        pi_k_share = float(tokens[passed].sum()) / max(float(tokens.sum()), 1.0)
     return StepWork(
         parameters=sum(p.numel() for p in policy.parameters()),
         critic_parameters=sum(p.numel() for p in critic.model.parameters()) if critic is not None else 0,
         generated_tokens=sum(len(r.response_ids) for r in rollouts),
         prompt_tokens=sum(len(r.prompt_ids) for r in rollouts),
         batch_tokens=int(batch.tokens.attention_mask.sum()),
-        logprob_passes=1 + (references.reference is not None)
+        logprob_passes=pi_k_share + (references.reference is not None)
         + (references.lagged is not None and plan.kl_convex_weight < 1.0),
         update_passes=plan.updates_per_batch)
