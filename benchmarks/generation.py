@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf-max-batch-size", type=int, default=64, help="the HF engine's rollout.max_batch_size")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--engines", default="hf,vllm", help="hf, hf-plain (the HF engine decoding finished rows "
-                        "to the batch's end, as before compaction), vllm")
+                        "to the batch's end, as before compaction), hf-dynamic (the HF engine on transformers' "
+                        "growing DynamicCache, as before its preallocated cache), vllm")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (HF) / bf16 weights (vLLM)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=None,
@@ -81,12 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     starts: dict[str, float] = {}
     for name in [e.strip() for e in args.engines.split(",") if e.strip()]:
         start = time.perf_counter()
-        if name in ("hf", "hf-plain"):  # hf-plain: every row decoded to the batch's end (no compaction)
+        if name.startswith("hf"):  # hf-plain: every row decoded to the batch's end (no compaction)
             options = {"max_batch_size": args.hf_max_batch_size, "autocast_bf16": args.bf16,
-                       "compact": name == "hf"}
+                       "compact": name != "hf-plain", "preallocate": name != "hf-dynamic"}
         else:
             options = {"seed": 0, **({"dtype": "bfloat16"} if args.bf16 else {})}
-        engine = build_engine("hf" if name == "hf-plain" else name, model, tokenizer, **options)
+        engine = build_engine("hf" if name.startswith("hf") else name, model, tokenizer, **options)
         starts[name] = time.perf_counter() - start
         results[name] = {}
         for batch in batches:
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             close()
 
     header = ["batch (responses)"] + [f"{name} tokens/s" for name in results]
-    ratios = [(a, b) for a, b in (("vllm", "hf"), ("hf", "hf-plain")) if {a, b} <= set(results)]
+    ratios = [(a, b) for a, b in (("vllm", "hf"), ("hf", "hf-plain"), ("hf", "hf-dynamic")) if {a, b} <= set(results)]
     header += [f"{a} / {b}" for a, b in ratios]
     rows = []
     for batch in batches:

@@ -46,8 +46,9 @@ def main() -> None:
               f"{'gen s':>6} {'update s':>9} {'peak RSS MiB':>13}")
     rows = []
     for name in args.variants:
+        # every step's pass measures the gap (in float32 auto would take pi_k from the sampler after step 1)
         train, _, _ = run_job([f"model.name={args.model}", f"train.steps={args.steps}", *VARIANTS[name],
-                               *args.overrides])
+                               "rollout.reuse_sampler_logprobs=false", *args.overrides])
         # fresh response tokens per step (the gap's denominator) come from the step's own count
         tokens = sum(line["tokens/step"] for line in train)
         weight = [line["tokens/step"] / tokens for line in train]

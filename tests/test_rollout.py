@@ -121,6 +121,88 @@ def test_finished_rows_leaving_the_batch_change_no_token(tokenizer, tiny_model, 
     assert gap < (0.05 if bf16 else 1e-5)
 
 
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "no-compact"])
+@pytest.mark.parametrize("greedy", [False, True], ids=["sampled", "greedy"])
+def test_preallocated_cache_changes_no_token(tokenizer, tiny_model, greedy, compact, monkeypatch):
+    """The loop's preallocated KV cache against transformers' DynamicCache (`preallocate=False`, the loop before
+    issue 36): the same tokens and log-probs, with rows stopping at different steps and leaving the batch."""
+    from transformers.cache_utils import DynamicCache
+
+    from remix_rft.rollout import hf
+
+    preallocated, selections = [], []
+    preallocate = hf.preallocate_cache
+    monkeypatch.setattr(hf, "preallocate_cache",
+                        lambda cache, capacity: preallocated.append(preallocate(cache, capacity)) or preallocated[-1])
+    select = DynamicCache.batch_select_indices
+    monkeypatch.setattr(DynamicCache, "batch_select_indices",
+                        lambda cache, indices: (selections.append(len(indices)), select(cache, indices)))
+    prompts = PROMPTS + [f"Question {i}: what is {i} times {i + 3}?" for i in range(6)]
+    # EOS biases under which rows stop anywhere from the first step to the last (greedy: one row per prompt)
+    bias_towards_eos(tiny_model, tokenizer.eos_token_id, logit_bias=1.0 if greedy else 8.0)
+    sampling = SamplingParams(max_new_tokens=16, temperature=0.9, seed=11, greedy=greedy)
+    samples = 1 if greedy else 3
+    new = HFRolloutEngine(tiny_model, tokenizer, compact=compact).generate(prompts, samples, sampling)
+    assert preallocated == [True] and bool(selections) == compact
+    old = HFRolloutEngine(tiny_model, tokenizer, compact=compact, preallocate=False).generate(prompts, samples,
+                                                                                          sampling)
+    assert preallocated == [True]  # the old path never preallocates
+    lengths = sorted(r.num_tokens for r in old)
+    assert len(set(lengths)) >= 4 and lengths[-1] == 16  # rows stop at different steps, some run to the end
+    assert [r.response_ids for r in new] == [r.response_ids for r in old]
+    assert max(max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) for a, b in zip(new, old)) < 1e-5
+
+
+def test_preallocated_layer_reads_as_a_dynamic_layer():
+    """Writes in place, views of the filled part: the same keys, values, lengths and mask sizes as a DynamicLayer
+    through a prefill, decode steps, a row selection and a crop."""
+    from transformers.cache_utils import DynamicLayer
+
+    from remix_rft.rollout.hf import PreallocatedLayer
+
+    generator = torch.Generator().manual_seed(0)
+    states = [torch.randn(4, 2, n, 8, generator=generator) for n in (5, 1, 1, 1)]
+    dynamic = DynamicLayer()
+    dynamic.update(states[0], -states[0])
+    layer = PreallocatedLayer(states[0], -states[0], capacity=8)
+    for step, state in enumerate(states[1:]):
+        if step == 1:
+            for cache in (dynamic, layer):
+                cache.batch_select_indices(torch.tensor([0, 2, 3]))
+                cache.crop(-1)
+        state = state[: dynamic.keys.shape[0]]
+        assert all(torch.equal(a, b) for a, b in zip(dynamic.update(state, -state), layer.update(state, -state)))
+        assert layer.keys.data_ptr() == layer.key_buffer.data_ptr()  # a view, not a copy
+        assert layer.get_seq_length() == dynamic.get_seq_length()
+        assert layer.get_mask_sizes(1) == dynamic.get_mask_sizes(1)
+    with pytest.raises(RuntimeError, match="overflow"):
+        layer.update(torch.zeros(3, 2, 3, 8), torch.zeros(3, 2, 3, 8))
+
+
+def test_only_a_cache_of_full_attention_layers_is_preallocated():
+    """Sliding-window, linear-attention (hybrid) and empty (KV-sharing) layers, or another cache class, keep
+    transformers' own update rules: the loop then runs on the cache as the model made it."""
+    from types import SimpleNamespace
+
+    from transformers import cache_utils
+
+    from remix_rft.rollout.hf import PreallocatedLayer, preallocate_cache
+
+    def filled(layer):
+        layer.update(torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4))
+        return layer
+
+    for odd in (filled(cache_utils.DynamicSlidingWindowLayer(sliding_window=4)), cache_utils.DynamicLayer(),
+                object.__new__(cache_utils.LinearAttentionAndFullAttentionLayer)):
+        cache = cache_utils.DynamicCache()
+        cache.layers = [filled(cache_utils.DynamicLayer()), odd]
+        assert not preallocate_cache(cache, 8) and cache.layers[1] is odd
+    assert not preallocate_cache(SimpleNamespace(layers=[filled(cache_utils.DynamicLayer())]), 8)
+    cache = cache_utils.DynamicCache()
+    cache.layers = [filled(cache_utils.DynamicLayer()) for _ in range(2)]
+    assert preallocate_cache(cache, 8) and all(isinstance(layer, PreallocatedLayer) for layer in cache.layers)
+
+
 def test_inverse_transform_sampling_draws_the_distribution_and_never_a_cut_token():
     from remix_rft.rollout.hf import sample_from_logits
 

@@ -174,6 +174,7 @@ def test_smoke_remix_grpo_on_embedded_model(tmp_path, dtype):
         "rollout.max_new_tokens=16", "remix.reincarnate_at=1", "eval.limit=2", "eval.max_new_tokens=16",
         f"model.dtype={dtype}",
         f"logging.output_dir={tmp_path}", "logging.progress=false", "logging.tensorboard=false",
+        "rollout.reuse_sampler_logprobs=false",  # every step's pass measures the sampler-trainer gap
     ])
     trainer = run_training(config)
     train = read_lines(trainer.run_dir, "train")

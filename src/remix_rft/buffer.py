@@ -65,6 +65,9 @@ class RolloutGroup:
     # per response, its tokens that were outside the generating policy's own top-p / top-k set as the trainer computes
     # it (bool): they stay out of the loss and the mismatch corrections when the group is replayed (None: none)
     cut_tokens: list[torch.Tensor] | None = None
+    # per response, the sampler's entropy at each token (rollout.reuse_sampler_logprobs: the step's pi_k entropy
+    # metric without a pass). Not saved: only the step that generated the group reads it
+    sampler_entropies: list[torch.Tensor] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
@@ -100,6 +103,11 @@ class RolloutGroup:
                                for flags in self.cut_tokens]
             if [t.numel() for t in self.cut_tokens] != [len(r) for r in self.response_ids]:
                 raise ValueError("RolloutGroup cut_tokens must have one flag per response token")
+        if self.sampler_entropies is not None:
+            self.sampler_entropies = [_as_float_vector(values, f"sampler_entropies[{i}]")
+                                      for i, values in enumerate(self.sampler_entropies)]
+            if [t.numel() for t in self.sampler_entropies] != [len(r) for r in self.response_ids]:
+                raise ValueError("RolloutGroup sampler_entropies must have one value per response token")
         self.rewards = _as_float_vector(self.rewards, "rewards")
         self.advantages = _as_float_vector(self.advantages, "advantages")
         if self.rewards.numel() != group_size:

@@ -69,8 +69,9 @@ class ModelConfig:
     name: str = "smollm2-135m-instruct"  # embedded default, a local HF dir, a hub name, or "tiny-random[:SEED]"
     # compute dtype: float32 | bfloat16. bfloat16 = mixed precision: the trained models (policy, critic) keep float32
     # master weights and AdamW state, forward/backward/generation run under bf16 autocast, and the frozen copies
-    # (reference, lagged precedent) are stored in bf16. auto: bfloat16 where the hardware computes it natively (a CUDA
-    # GPU with bf16, a CPU with AVX512-BF16 or AMX), else float32 (emulated bf16 is ~3x slower than float32 on CPU).
+    # (reference, lagged precedent) are stored in bf16. auto: bfloat16 where the hardware computes it faster (a CUDA
+    # GPU with bf16, a CPU with AMX, a CPU with AVX512-BF16 whose bf16 matmuls measure >= 1.2x float32's), else float32
+    # (emulated bf16 is ~3x slower than float32; some AVX512-BF16 CPUs without AMX run bf16 matmuls at half speed).
     dtype: str = "float32"
     autocast_bf16: bool = False  # older spelling of dtype=bfloat16 (true means exactly that)
     # storage dtype of the frozen copies (reference, lagged precedent): auto = the compute dtype. bfloat16 under float32
@@ -224,6 +225,13 @@ class RolloutConfig:
     top_k: int = 0
     max_batch_size: int = 64  # sequences per generate() call
     behaviour_logprobs: str = "recompute"  # recompute: trainer log-probs of pi_k (as verl); engine: the sampler's
+    # the HF engine samples the trainer's own module, so its log-probs of this step's fresh responses are pi_k's: true
+    # takes them as pi_k (and the behaviour) and skips those rows' no-grad pass (replayed rows keep theirs); auto: where
+    # they equal the trainer's, the HF engine in float32 (gap 3e-5 max), checked on the run's first step against
+    # rollout.sync_check_bound (off, with a warning, above it). Under bf16 autocast they differ (mean 0.033, max 0.35:
+    # 0.5% of tokens start outside the clip range), so there only true uses them, as verl's bypass mode does.
+    # Needs behaviour_logprobs=recompute, no top-p / top-k, no pipeline (docs/guides/mismatch.md)
+    reuse_sampler_logprobs: bool | str = "auto"
     # sampler-trainer mismatch correction (needs behaviour_logprobs=engine): none | tis (truncated IS) | mis (masked)
     is_correction: str = "none"
     is_cap: float = 2.0  # tis: weights above it are truncated to it; mis: tokens/sequences above it get weight 0
@@ -475,6 +483,7 @@ class Config:
         _check(ro.behaviour_logprobs in ("recompute", "engine"), "rollout.behaviour_logprobs",
                "must be recompute or engine")
         _check(ro.engine in ("hf", "vllm"), "rollout.engine", f"must be hf or vllm, got {ro.engine!r}")
+        self._validate_sampler_logprobs()
         _check(ro.is_correction in ("none", "tis", "mis"), "rollout.is_correction",
                f"must be none, tis or mis, got {ro.is_correction!r}")
         _check(ro.is_correction == "none" or ro.behaviour_logprobs == "engine", "rollout.is_correction",
@@ -533,6 +542,15 @@ class Config:
         self._validate_names()
         return self
 
+    def _validate_sampler_logprobs(self) -> None:
+        ro = self.rollout
+        _check(ro.reuse_sampler_logprobs in (True, False, "auto"), "rollout.reuse_sampler_logprobs",
+               f"must be true, false or auto, got {ro.reuse_sampler_logprobs!r}")
+        if ro.reuse_sampler_logprobs is True:
+            blocker = sampler_logprobs_blocker(self)
+            _check(blocker is None, "rollout.reuse_sampler_logprobs", f"true needs the sampler's log-probs to be pi_k's, "
+                   f"but {blocker}; set it to auto or false")
+
     def _validate_mismatch_mask(self) -> None:
         from remix_rft.algos.is_correction import MISMATCH_MASKS, mask_bounds
 
@@ -588,6 +606,34 @@ def replayed_prompts(prompts_per_step: int, offpolicy_fraction: float) -> int:
     """Prompt groups a mix-phase step replays: round_half_up(p x prompts_per_step), whole groups. Python's round() is
     banker's; the epsilon absorbs float noise such as 0.1 x 25. The schedule (schedule.py) plans steps with it."""
     return math.floor(offpolicy_fraction * prompts_per_step + 0.5 + 1e-9)
+
+
+def sampler_logprobs_blocker(config: Config) -> str | None:
+    """Why the rollout engine's log-probs of this step's fresh responses cannot stand in for pi_k's (None: they
+    can): another engine's kernels, a truncated distribution, a pipelined snapshot, or engine mode's correction."""
+    ro = config.rollout
+    if ro.engine != "hf":
+        return f"rollout.engine={ro.engine} computes them with its own kernels"
+    if ro.behaviour_logprobs != "recompute":
+        return "rollout.behaviour_logprobs=engine corrects the sampler's log-probs towards the trainer's pass"
+    if ro.top_p < 1 or ro.top_k > 0:
+        return "top-p / top-k truncation needs the trainer's pass to find the tokens outside pi_k's own set"
+    if ro.pipeline:
+        return "rollout.pipeline samples with a snapshot one version behind"
+    return None
+
+
+def reuses_sampler_logprobs(config: Config) -> tuple[bool, str]:
+    """(on, why) for `rollout.reuse_sampler_logprobs` before the first step's check (trainer)."""
+    setting = config.rollout.reuse_sampler_logprobs
+    if setting is False:
+        return False, "rollout.reuse_sampler_logprobs=false"
+    blocker = sampler_logprobs_blocker(config)
+    if blocker is not None:
+        return False, blocker
+    if setting == "auto" and config.model.bf16:
+        return False, "bf16 autocast: the sampler's and the trainer's kernels round differently (auto: float32 only)"
+    return True, f"rollout.reuse_sampler_logprobs={str(setting).lower()}: the HF sampler's log-probs are pi_k's"
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -4,6 +4,7 @@ passes without grad (pi_k, base reference, precedent, critic values) and the adv
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,6 +22,8 @@ from remix_rft.models import autocast_context
 from remix_rft.references import AdapterReferences, FrozenReferences, kl_term
 from remix_rft.rewards import GRADING_PROBLEMS, summarise_scores
 from remix_rft.schedule import StepPlan
+
+logger = logging.getLogger(__name__)
 
 # advantage estimators that need the critic's values, so they run on every training batch (PPO)
 CRITIC_ESTIMATORS = {"gae"}
@@ -50,6 +53,8 @@ class StepBatch:
     # [B, R] bool: tokens outside the generating policy's own top-p / top-k set (the trainer's view): replayed rows
     # bring theirs from the buffer, fresh rows get theirs in the step's log-prob pass (None: no truncation)
     generation_cut: torch.Tensor | None = None
+    # [B, R] the sampler's entropy at each token of the fresh rows whose engine recorded it (0 elsewhere); None: none
+    sampler_entropy: torch.Tensor | None = None
 
 
 @dataclass
@@ -119,6 +124,8 @@ def make_groups(config: Config, step: int, indices: list[int], examples: Sequenc
             prompt_ids=list(rollouts[members[0]].prompt_ids),
             response_ids=[list(rollouts[i].response_ids) for i in members],
             behaviour_logprobs=[torch.tensor(rollouts[i].logprobs, dtype=torch.float32) for i in members],
+            sampler_entropies=None if any(rollouts[i].entropies is None for i in members)
+            else [rollouts[i].entropies for i in members],
             rewards=rewards[list(members)].clone(),
             advantages=seq_adv[list(members)].clone(),
             meta={"example_id": examples[index].id, "index": index},
@@ -149,6 +156,16 @@ def assemble(fresh: list[RolloutGroup], replay: list[RolloutGroup], pad_id: int,
     for row, (values, trainer_values) in enumerate(zip(behaviour, trainer_behaviour)):
         behaviour_logp[row, :len(values)] = values
         trainer_logp[row, :len(values)] = trainer_values
+    sampler_entropy = None
+    if any(group.sampler_entropies is not None for group in fresh):
+        sampler_entropy = torch.zeros(tokens.response_ids.shape, dtype=torch.float32)
+        row = 0
+        for group in fresh:
+            for i, response in enumerate(group.response_ids):
+                if group.sampler_entropies is not None:
+                    sampler_entropy[row, :len(response)] = group.sampler_entropies[i]
+                row += 1
+        sampler_entropy = sampler_entropy.to(device)
     generation_cut = None
     if any(flags is not None for flags in cut):
         generation_cut = torch.zeros(tokens.response_ids.shape, dtype=torch.bool)
@@ -157,6 +174,7 @@ def assemble(fresh: list[RolloutGroup], replay: list[RolloutGroup], pad_id: int,
                 generation_cut[row, :len(flags)] = flags
         generation_cut = generation_cut.to(device)
     return StepBatch(tokens=tokens, behaviour_logp=behaviour_logp.to(device), generation_cut=generation_cut,
+                     sampler_entropy=sampler_entropy,
                      trainer_behaviour_logp=trainer_logp.to(device),
                      rewards=torch.tensor(rewards, device=device),
                      sequence_advantages=torch.tensor(advantages, device=device),
@@ -196,31 +214,38 @@ def keep_logprobs(config: Config, groups: list[RolloutGroup], batch: StepBatch) 
 def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: torch.nn.Module,
                    references: FrozenReferences | AdapterReferences, critic: torch.nn.Module | None,
                    gathered: Callable[[torch.nn.Module | None], contextlib.AbstractContextManager] = (
-                       lambda model: contextlib.nullcontext()), measure_precedent: bool = False) -> dict[str, float]:
+                       lambda model: contextlib.nullcontext()), measure_precedent: bool = False,
+                   sampler_pi_k: bool = False) -> dict[str, float]:
     """Fill the batch's pi_k, reference and precedent log-probs and the critic's values; return diagnostics.
 
     `gathered(model)` gives a sharded model its full parameters for the passes (see `Distributed.gathered`).
-    `measure_precedent`: log kl/precedent even while the KL-Convex weight is 1 (the loss then does not use it)."""
+    `measure_precedent`: log kl/precedent even while the KL-Convex weight is 1 (the loss then does not use it).
+    `sampler_pi_k` (rollout.reuse_sampler_logprobs, checked by the trainer): this step's fresh rows take the HF
+    sampler's log-probs and entropies as pi_k's, so only replayed rows go through the pi_k pass."""
     tokens = batch.tokens
     mask = tokens.response_mask
     temperature = config.rollout.temperature
-    budget = config.train.micro_batch_tokens
     metrics: dict[str, float] = {}
     truncation = rollout_truncation(config)
+    fresh = ~batch.is_replay
+    current = fresh & (batch.versions == plan.step)
     policy.eval()
     with autocast_context(tokens.input_ids.device, config.model.bf16):
-        with gathered(policy):
-            proximal, entropy = token_logprobs(policy, tokens, temperature, with_entropy=True, max_tokens=budget,
-                                               chunk_tokens=config.train.logprob_chunk_tokens, truncation=truncation)
-        batch.proximal_logp = proximal.float()
+        if sampler_pi_k:
+            batch.proximal_logp, entropy = sampler_proximal(config, batch, current, plan, policy, gathered)
+        else:
+            with gathered(policy):
+                proximal, entropy = token_logprobs(policy, tokens, temperature, with_entropy=True,
+                                                   max_tokens=config.train.micro_batch_tokens,
+                                                   chunk_tokens=config.train.logprob_chunk_tokens, truncation=truncation)
+            batch.proximal_logp = proximal.float()
         metrics["entropy"] = float(algos.masked_mean(entropy.float(), mask))
-        fresh = ~batch.is_replay
+        metrics["logprob/pi_k_from_sampler"] = float(sampler_pi_k)
         cut_off = None
         if truncation is not None:
             cut_off = outside_truncation(batch)
         # the trainer's log-probs under each fresh response's generating weights: pi_k's for this step's own, the
         # snapshot's (already in trainer_behaviour_logp) for responses generated a version earlier (pipelined)
-        current = fresh & (batch.versions == plan.step)
         batch.trainer_behaviour_logp[current] = batch.proximal_logp[current]
         if cut_off is not None:  # a pipelined response's token outside its generating snapshot's own truncated set
             outside_pi_k = cut_off
@@ -237,16 +262,8 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
                 cut_off = cut_off | batch.generation_cut
             batch.generation_cut = generation
             metrics.update(share_by_kind("truncation/", "masked_share", cut_off, batch))
-        # sampler vs trainer log-probs of the same tokens (LESSONS #10): a non-zero gap makes "on-policy" off-policy
-        log_ratio = batch.trainer_behaviour_logp[fresh] - batch.behaviour_logp[fresh]
-        gap = log_ratio.abs() * mask[fresh]
-        metrics["logprob_mismatch/max"] = float(gap.max()) if gap.numel() else 0.0
-        metrics["logprob_mismatch/mean"] = float(algos.masked_mean(gap, mask[fresh]))
-        # tokens whose ratio pi_k(trainer) / pi_k(sampler) already lies outside the clip range before any update:
-        # with recompute they are re-centred below, with engine log-probs they are clipped from the first minibatch
-        eps = config.algorithm.clip_eps
-        outside = ((log_ratio.exp() - 1).abs() > eps).float()
-        metrics["logprob_mismatch/outside_clip_share"] = float(algos.masked_mean(outside, mask[fresh]))
+        if not sampler_pi_k:  # (taken from the sampler, pi_k has no gap to it: the trainer checks it on step 1)
+            metrics.update(sampler_trainer_gap(config, batch, fresh))
         if config.rollout.behaviour_logprobs == "recompute":
             # fresh data: behaviour = the generating weights as the trainer computes them; for this step's own that
             # is pi_k (clip centre exactly 1), for a pipelined response pi_{k-1} (centre pi_k / pi_{k-1}, as replay)
@@ -261,6 +278,7 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
         # the KL anchors stay on the full distribution: KL(truncated pi_theta || pi_ref) is finite, while a truncated
         # reference would make it infinite on every token the policy samples outside the reference's own top-p set
         measure = measure_precedent and references.lagged is not None
+        budget = config.train.micro_batch_tokens
         kl_logp = batch.proximal_logp
         logs_kl = references.reference is not None or (references.lagged is not None and (
             measure or (references.uses_kl and plan.kl_convex_weight < 1.0)))
@@ -287,6 +305,94 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
                 batch.old_values = token_values(critic, tokens, max_tokens=budget).float()
     policy.train()
     return metrics
+
+
+class SamplerPiK:
+    """rollout.reuse_sampler_logprobs for a run: whether this step's fresh rows take the sampler's log-probs as pi_k's.
+    The run's first step still runs the pass and measures the sampler-trainer gap (`check`): above the bound
+    (rollout.sync_check_bound, else 1e-3 float32 / 0.15 bf16) auto turns the reuse off for the run, true warns. The
+    decision is saved in checkpoints, so a resumed run computes what the uninterrupted one did."""
+
+    def __init__(self, config: Config) -> None:
+        from remix_rft.config import reuses_sampler_logprobs
+        from remix_rft.rollout.sync_check import DEFAULT_BOUNDS
+
+        self.enabled, self.why = reuses_sampler_logprobs(config)
+        self.forced = config.rollout.reuse_sampler_logprobs is True
+        self.bound = config.rollout.sync_check_bound or DEFAULT_BOUNDS["bfloat16" if config.model.bf16 else "float32"]
+        self.checked = False
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self.checked
+
+    def state_dict(self) -> dict[str, Any]:  # a resumed run keeps the first step's decision (and so its numbers)
+        return {"enabled": self.enabled, "checked": self.checked, "why": self.why}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.enabled and state.get("checked"):  # the config may have turned it off since; it cannot turn it on
+            self.enabled, self.checked, self.why = bool(state["enabled"]), True, str(state["why"])
+
+    def after_pass(self, pass_metrics: dict[str, float], dist) -> None:
+        """After a step's log-prob passes: on the first (a full pass), decide from its gap, the largest over ranks
+        (`dist.all_reduce`), so that every rank decides alike; logged on rank 0."""
+        if not self.enabled or self.checked:
+            return
+        gap_mean, gap_max = dist.all_reduce([pass_metrics["logprob_mismatch/mean"],
+                                             pass_metrics["logprob_mismatch/max"]], op="max")
+        line = self.check(gap_mean, gap_max)
+        if dist.is_main:
+            (logger.info if self.enabled and gap_mean <= self.bound else logger.warning)("%s", line)
+
+    def check(self, gap_mean: float, gap_max: float) -> str:
+        """Decide from the first step's gap (mean and max |sampler - trainer| log-prob); the line to log."""
+        self.checked = True
+        measured = f"sampler vs trainer log-probs on step 1 of this process: mean gap {gap_mean:.2e}, max {gap_max:.2e}"
+        if gap_mean <= self.bound:
+            return f"{self.why} ({measured}, bound {self.bound:g}): no pi_k pass for this step's fresh responses"
+        if not self.forced:
+            self.enabled = False
+            self.why = f"off: the {measured} exceeds {self.bound:g}"
+            return f"rollout.reuse_sampler_logprobs=auto turned {self.why}; pi_k is recomputed"
+        return f"rollout.reuse_sampler_logprobs=true although the {measured} exceeds {self.bound:g}"
+
+
+def sampler_trainer_gap(config: Config, batch: StepBatch, fresh: torch.Tensor) -> dict[str, float]:
+    """Sampler vs trainer log-probs of the fresh tokens (LESSONS #10): a non-zero gap makes "on-policy" off-policy."""
+    mask = batch.tokens.response_mask[fresh]
+    log_ratio = batch.trainer_behaviour_logp[fresh] - batch.behaviour_logp[fresh]
+    gap = log_ratio.abs() * mask
+    # tokens whose ratio pi_k(trainer) / pi_k(sampler) already lies outside the clip range before any update:
+    # with recompute they are re-centred, with engine log-probs they are clipped from the first minibatch
+    outside = ((log_ratio.exp() - 1).abs() > config.algorithm.clip_eps).float()
+    return {"logprob_mismatch/max": float(gap.max()) if gap.numel() else 0.0,
+            "logprob_mismatch/mean": float(algos.masked_mean(gap, mask)),
+            "logprob_mismatch/outside_clip_share": float(algos.masked_mean(outside, mask))}
+
+
+def sampler_proximal(config: Config, batch: StepBatch, current: torch.Tensor, plan: StepPlan,
+                     policy: torch.nn.Module, gathered: Callable[[torch.nn.Module | None],
+                                                                 contextlib.AbstractContextManager]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """pi_k's log-probs and entropies [B, R]: the sampler's for this step's fresh rows (`current`), a pass for the
+    others (replayed). Every rank enters the gathered block when any rank may hold replayed rows, as it requires."""
+    if batch.sampler_entropy is None and bool(current.any()):
+        raise RuntimeError("rollout.reuse_sampler_logprobs: the engine recorded no entropies (HFRolloutEngine "
+                           "with_entropy=True)")
+    proximal = batch.behaviour_logp.clone()
+    entropy = torch.zeros_like(proximal) if batch.sampler_entropy is None else batch.sampler_entropy.clone()
+    if plan.replay_prompts == 0 and bool(current.all()):
+        return proximal, entropy
+    rows = (~current).nonzero().squeeze(-1)
+    with gathered(policy):
+        if len(rows):
+            logp, row_entropy = token_logprobs(policy, batch.tokens.select(rows), config.rollout.temperature,
+                                               with_entropy=True, max_tokens=config.train.micro_batch_tokens,
+                                               chunk_tokens=config.train.logprob_chunk_tokens)
+            width = proximal.shape[1]  # select() drops the columns that are padding in every selected row
+            proximal[rows] = torch.nn.functional.pad(logp.float(), (0, width - logp.shape[1]))
+            entropy[rows] = torch.nn.functional.pad(row_entropy.float(), (0, width - row_entropy.shape[1]))
+    return proximal, entropy
 
 
 @torch.no_grad()

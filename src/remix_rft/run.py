@@ -120,7 +120,7 @@ class TrainingRun:
                              hacking=self.hacking, base_model=self.config.model.name,
                              components={name: component for name, component in
                                          (("reincarnation", self.reincarnation), ("pipeline", self.pipeline),
-                                          ("selection", self.selector))
+                                          ("selection", self.selector), ("sampler_logprobs", self.sampler_pi_k))
                                          if component is not None})
 
     @watched("checkpoint")

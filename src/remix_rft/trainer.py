@@ -74,6 +74,9 @@ class Trainer(TrainingRun):
         bound_kernel_caches()  # before the first bf16 matmul: oneDNN's per-shape caches grow with every batch shape
         self.dist = Distributed.from_environment(cfg.model.device)
         self.device = self.dist.device
+        if self.dist.active and len(set(self.dist.all_gather_object(cfg.model.compute_dtype))) > 1:  # `auto` measures
+            raise ConfigError("config key 'model.dtype': auto resolved to different precisions on the ranks; set "
+                              "float32 or bfloat16")
         if resume_from is not None:
             checkpoint.check_world_size(resume_from, self.dist.world_size)
         checkpoint.seed_everything(cfg.train.seed)
@@ -120,6 +123,7 @@ class Trainer(TrainingRun):
             accumulate_tied_grad_in_place(policy)
         self.actor = Actor(shard(policy), cfg, self.dist)
         self.engine = build_engine(cfg.rollout.engine, policy, self.tokenizer, **engine_options(cfg))
+        self.sampler_pi_k = experience.SamplerPiK(cfg)  # rollout.reuse_sampler_logprobs: pi_k without its pass
         self.hacking = build_hacking_monitor(cfg.reward, self.reward, seed=cfg.train.seed)
         super().__init__(announce_stop=self.dist.is_main)  # the run's stop request (Ctrl-C) and its outcome (run.py)
         # train.watchdog_seconds: a phase without progress stops the run with one line (watchdog.py)
@@ -216,11 +220,13 @@ class Trainer(TrainingRun):
         t0 = time.perf_counter()
         # the KL trigger of adaptive reincarnation reads kl/precedent on every mix-phase step
         watch_kl = self.reincarnation is not None and plan.phase == "mix"
+        sampler_pi_k = self.sampler_pi_k.active  # the run's first step runs the pass anyway, to check the sampler
         with self.watchdog.phase("logprobs"):
             pass_metrics = experience.logprob_passes(cfg, batch, plan, self.policy, self.references,
                                                      self.critic.model if self.critic else None, self.dist.gathered,
-                                                     measure_precedent=watch_kl)
+                                                     measure_precedent=watch_kl, sampler_pi_k=sampler_pi_k)
         times["logprobs"] = time.perf_counter() - t0
+        self.sampler_pi_k.after_pass(pass_metrics, self.dist)  # the first step checks the sampler's log-probs
         experience.keep_logprobs(cfg, fresh_groups, batch)  # what these groups carry when replayed
 
         # 5. advantages
@@ -256,7 +262,7 @@ class Trainer(TrainingRun):
         # freed pages back to the OS before the step's memory is read: between steps only what is live stays
         # resident, and memory/rss_mb tracks that, not how far the allocator's decay timer had got (README, Memory)
         return_free_pages()
-        work = perf.step_work(self.policy, self.critic, self.references, batch, rollouts, plan)
+        work = perf.step_work(self.policy, self.critic, self.references, batch, rollouts, plan, sampler_pi_k)
         peak_flops = perf.peak_flops_per_s(self.device, cfg.model.bf16, cfg.train.peak_tflops)
         record = {**experience.step_record(step, plan, rollouts, fresh.scores, batch, replay_groups, self.state),
                   "buffer/groups": len(self.buffer), "lr": self.actor.lr, **signal, **self.generator.metrics(),

@@ -34,8 +34,12 @@ def build_engine(
 
 def engine_options(config: Config) -> dict[str, Any]:
     """The keyword options `build_engine` passes to the engine named by `config.rollout.engine`."""
+    from remix_rft.config import reuses_sampler_logprobs
+
     ro = config.rollout
     options: dict[str, Any] = {"max_batch_size": ro.max_batch_size, "autocast_bf16": config.model.bf16}
+    if ro.engine == "hf" and reuses_sampler_logprobs(config)[0]:  # pi_k's entropy metric, from the sampler
+        options["with_entropy"] = True
     if ro.engine == "vllm":
         options.update(
             gpu_memory_utilization=ro.gpu_memory_utilization, tensor_parallel_size=ro.tensor_parallel_size,

@@ -47,6 +47,9 @@ class Rollout:
     text: str
     finish_reason: str  # "eos" or "length"
     logprobs: list[float] = field(default_factory=list)
+    # the entropy of that distribution at each token, where the engine records it (the HF engine's `with_entropy`:
+    # the trainer's pi_k entropy metric when it takes the sampler's log-probs as pi_k's)
+    entropies: list[float] | None = None
 
     @property
     def num_tokens(self) -> int:
