@@ -101,21 +101,32 @@ def bf16_matmul_speedup() -> float:
 
     key = f"{cpu_model_name()}|{torch.get_num_threads()} threads|torch {torch.__version__}"
     path = cache_dir() / "bf16_speedup.json"
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cached = {}
+    cached = read_json_cache(path)
     if isinstance(cached.get(key), (int, float)) and cached[key] > 0:
         return float(cached[key])
     cached[key] = _measure_bf16_speedup()
+    write_json_cache(path, cached)  # a read-only cache only costs a measurement per process
+    return cached[key]
+
+
+def read_json_cache(path: Path) -> dict[str, Any]:
+    """A machine's cached measurements (empty when the file is missing or unreadable)."""
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def write_json_cache(path: Path, values: dict[str, Any]) -> None:
+    """Replace the cache file atomically (concurrent processes each write a whole file); a failure is ignored."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(cached, indent=2) + "\n")
+        temporary = path.with_suffix(f".{os.getpid()}.{id(values)}.tmp")
+        temporary.write_text(json.dumps(values, indent=2) + "\n")
         temporary.replace(path)
     except OSError:
-        pass  # a read-only cache only costs a measurement per process
-    return cached[key]
+        pass
 
 
 def auto_dtype_override() -> str | None:

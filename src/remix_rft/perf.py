@@ -10,13 +10,13 @@ matmul benchmark (the faster of float32 and, under bf16, bfloat16), run once per
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass
 
 import torch
 
+from remix_rft.hardware import read_json_cache, write_json_cache
 from remix_rft.models import cache_dir
 
 
@@ -105,10 +105,7 @@ def peak_flops_per_s(device: torch.device, bf16: bool, configured_tflops: float 
     if key in _MEASURED:  # called every step: measured once per process
         return _MEASURED[key]
     path = cache_dir() / "peak_flops.json"
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cached = {}
+    cached = read_json_cache(path)
     measured = measure_matmul_flops(device, torch.float32)
     if bf16:  # autocast leaves some matmuls in float32, and a CPU may emulate bf16: the faster kernel bounds the step
         measured = max(measured, measure_matmul_flops(device, torch.bfloat16))
@@ -116,13 +113,7 @@ def peak_flops_per_s(device: torch.device, bf16: bool, configured_tflops: float 
     if isinstance(previous, (int, float)) and previous > measured:
         measured = float(previous)
     cached[key] = _MEASURED[key] = measured
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{id(cached)}.tmp")
-        temporary.write_text(json.dumps(cached, indent=2) + "\n")
-        temporary.replace(path)
-    except OSError:
-        pass  # a read-only cache only loses the best of earlier measurements
+    write_json_cache(path, cached)  # a read-only cache only loses the best of earlier measurements
     return measured
 
 
