@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             close()
 
     header = ["batch (responses)"] + [f"{name} tokens/s" for name in results]
-    ratios = [(a, b) for a, b in (("vllm", "hf"), ("hf", "hf-plain"), ("hf", "hf-dynamic")) if {a, b} <= set(results)]
+    ratios = [(a, b) for a, b in (("vllm", "hf"), ("hf", "hf-plain"), ("hf", "hf-dynamic"))
+              if {a, b} <= set(results)]
     header += [f"{a} / {b}" for a, b in ratios]
     rows = []
     for batch in batches:

@@ -55,6 +55,16 @@ def native_cpu_bf16() -> bool:
                 or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def cache_dir() -> Path:
+    """Where converted models and machine measurements live: $REMIX_CACHE_DIR, else $XDG_CACHE_HOME/remix-rft, else
+    ~/.cache/remix-rft."""
+    if os.environ.get("REMIX_CACHE_DIR"):
+        return Path(os.environ["REMIX_CACHE_DIR"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "remix-rft"
+    return Path.home() / ".cache" / "remix-rft"
+
+
 def amx_cpu() -> bool:
     """True where torch sees AMX tiles (a VM may hide them though the chip has them: /proc/cpuinfo then omits amx_*)."""
     import torch
@@ -96,8 +106,6 @@ def bf16_matmul_speedup() -> float:
     """How much faster a bf16 matmul runs than a float32 one on this CPU: measured once per machine and thread count
     (about a second), cached in the remix-rft cache folder (bf16_speedup.json)."""
     import torch
-
-    from remix_rft.models import cache_dir
 
     key = f"{cpu_model_name()}|{torch.get_num_threads()} threads|torch {torch.__version__}"
     path = cache_dir() / "bf16_speedup.json"

@@ -42,6 +42,7 @@ from transformers import (
 )
 
 from remix_rft.errors import ConfigError, MissingPackageError, ModelLoadError, one_line
+from remix_rft.hardware import cache_dir  # noqa: F401  (models.cache_dir: where converted models live)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-random"
@@ -69,15 +70,6 @@ EMBEDDED_MODELS = {
         pad_token="<|endoftext|>",
     ),
 }
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $REMIX_CACHE_DIR, else $XDG_CACHE_HOME/remix-rft, else ~/.cache/remix-rft."""
-    if os.environ.get("REMIX_CACHE_DIR"):
-        return Path(os.environ["REMIX_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "remix-rft"
-    return Path.home() / ".cache" / "remix-rft"
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:

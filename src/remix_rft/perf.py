@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from remix_rft.hardware import read_json_cache, write_json_cache
-from remix_rft.models import cache_dir
+from remix_rft.hardware import cache_dir, read_json_cache, write_json_cache
 
 
 @dataclass(frozen=True)
