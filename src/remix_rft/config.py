@@ -77,7 +77,7 @@ class ModelConfig:
     # storage dtype of the frozen copies (reference, lagged precedent): auto = the compute dtype. bfloat16 under float32
     # compute halves their memory: in a pass each module's weights are upcast to float32 for its own forward only
     # (models.float32_weights_per_module), so the log-probs are exactly those of the bf16-rounded weights. Single process
-    # only.
+    # only: under torchrun they are stored in float32 then, with a warning.
     frozen_dtype: str = "auto"
     # the LM head's matmul under bf16 compute: auto = the compute dtype; float32 = the head (and its log-softmax) in
     # float32 in the sampler (HF engine) and the trainer alike: on the embedded model it more than halves their

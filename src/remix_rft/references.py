@@ -8,6 +8,7 @@ base reference is the policy with its adapters off, the precedent and a reincarn
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 
 import torch
@@ -16,8 +17,9 @@ from remix_rft import algos, lora
 from remix_rft.batching import TokenBatch, token_logprobs
 from remix_rft.config import Config
 from remix_rft.distributed import Distributed
-from remix_rft.errors import ConfigError
 from remix_rft.models import float32_weights_per_module, frozen_copy
+
+logger = logging.getLogger(__name__)
 
 # `Distributed.gathered`: a sharded model's full parameters for a block of passes (a no-op in one process)
 Gathered = Callable[[torch.nn.Module | None], contextlib.AbstractContextManager]
@@ -48,8 +50,12 @@ class FrozenReferences:
         # bf16 storage under float32 compute: each module's weights are upcast for its own forward only
         self.upcast = dtype == "bfloat16" and not config.model.bf16
         if self.upcast and dist is not None and dist.active:
-            raise ConfigError("config key 'model.frozen_dtype': bfloat16 storage under float32 compute is "
-                              "single-process only; under torchrun use model.dtype=bfloat16 or frozen_dtype=auto")
+            # the per-module upcast is single-process only; the quickstart asks for bf16 storage, and `auto` may pick
+            # float32 compute (AVX2, or AVX512-BF16 with slow bf16), so torchrun stores the copies in float32 instead
+            if dist.is_main:
+                logger.warning("model.frozen_dtype=bfloat16 under float32 compute is single-process only: under "
+                               "torchrun the frozen copies are stored in float32")
+            dtype, self.upcast = "float32", False
         shard = (lambda model: dist.shard(model, bf16=config.model.bf16)) if dist is not None else (lambda model: model)
         self.chunk_tokens = config.train.logprob_chunk_tokens
         self.reference = shard(frozen_copy(policy, dtype)) if self.uses_kl else None
