@@ -40,3 +40,29 @@ def test_step_work_counts_pi_ks_pass_on_the_rows_it_ran_on():
     reused = perf.step_work(policy, None, references, batch, [], plan, sampler_pi_k=True)
     assert full.batch_tokens == 20 and full.logprob_passes == 2  # pi_k and the base reference
     assert reused.logprob_passes == 1 + 8 / 20  # the reference, and pi_k over the replayed rows' 8 tokens
+
+
+def test_flops_count_the_tokens_the_forwards_ran():
+    """A shared prompt forward runs a group's prompt once: the FLOPs (and MFU) count the tokens the decoder ran
+    (batching.DECODER_TOKENS over each phase), not every row's prompt again."""
+    from remix_rft.batching import DECODER_TOKENS, token_logprobs
+    from remix_rft.models import build_tiny_model
+
+    # two rows of one 4-token prompt, responses of 3 and 2 tokens; the decoder's inputs are the batch's columns
+    # but its last, so the shorter row feeds all its 6 tokens (its last one's output goes unused)
+    tokens = collate([[5, 6, 7, 8], [5, 6, 7, 8]], [[9, 10, 11], [12, 13]], 0)
+    model = build_tiny_model(seed=0).eval()
+    ran = {}
+    for share in (False, True):
+        before = DECODER_TOKENS.snapshot()
+        with torch.no_grad():
+            token_logprobs(model, tokens, share_prompts=share)
+        ran[share] = DECODER_TOKENS.no_grad - before[0]
+    assert ran[False] == (4 + 3 - 1) + (4 + 2)  # 12: every row's prompt
+    assert ran[True] == 3 + (1 + 2) + (1 + 2)  # 9: the prefix once, then each row's last prompt token and response
+    work = perf.StepWork(parameters=10, critic_parameters=0, generated_tokens=5, prompt_tokens=8, batch_tokens=13,
+                         logprob_passes=2, update_passes=2, logprob_decoder_tokens=16, update_decoder_tokens=16)
+    assert work.flops() == {"generation": 2 * 10 * 13, "logprobs": 2 * 10 * 16, "update": 6 * 10 * 16}
+    nominal = perf.StepWork(parameters=10, critic_parameters=0, generated_tokens=5, prompt_tokens=8, batch_tokens=13,
+                            logprob_passes=2, update_passes=2)
+    assert nominal.flops()["update"] == 6 * 10 * 13 * 2

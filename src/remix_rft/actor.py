@@ -120,7 +120,8 @@ class Actor:
             with autocast_context(sub.input_ids.device, cfg.model.bf16):
                 logp, entropy = token_logprobs(self.model, sub, cfg.rollout.temperature,
                                                with_entropy=alg.entropy_coef > 0,
-                                               chunk_tokens=cfg.train.logprob_chunk_tokens, truncation=truncation)
+                                               chunk_tokens=cfg.train.logprob_chunk_tokens, truncation=truncation,
+                                               share_prompts=cfg.train.shared_prompt_forward)
             logp = logp.float()
             behaviour, proximal = cut(batch.behaviour_logp), cut(batch.proximal_logp)
             is_weights = None if batch.is_weights is None else cut(batch.is_weights)

@@ -9,6 +9,9 @@ left padding), which is what HF ``generate`` and our sampler use, so teacher-for
 from __future__ import annotations
 
 import functools
+import inspect
+import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +26,8 @@ from remix_rft.logprobs import (
     lean_head,
     truncation_keep_mask,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -135,6 +140,7 @@ def split_by_token_budget(batch: TokenBatch, max_tokens: int | None) -> list[lis
 
 def _response_logits(model: torch.nn.Module, batch: TokenBatch) -> Tensor:
     """[b, R, V] logits at positions P-1 .. P+R-2, computing the LM head on those positions only."""
+    DECODER_TOKENS.add(batch.attention_mask[:, :-1])
     return model(
         input_ids=batch.input_ids[:, :-1],
         attention_mask=batch.attention_mask[:, :-1],
@@ -144,8 +150,129 @@ def _response_logits(model: torch.nn.Module, batch: TokenBatch) -> Tensor:
     ).logits
 
 
-def _response_hidden(decoder: torch.nn.Module, batch: TokenBatch) -> Tensor:
-    """[b, R, H] final hidden states at positions P-1 .. P+R-2 (those that predict the response tokens)."""
+def shared_prompt_rows(batch: TokenBatch) -> tuple[Tensor, Tensor] | None:
+    """(first, inverse) for a batch whose rows repeat a prompt (a GRPO group's samples): `first` [u] holds one row
+    per distinct prompt prefix (the prompt without its last token, padding included), `inverse` [B] each row's index
+    into `first`. None when no two rows share one, or the prompts have a single column (nothing to share)."""
+    cut = batch.prompt_length - 1
+    if cut < 1 or len(batch) < 2:
+        return None
+    # left padding and positions follow from the mask, so equal (tokens, mask) prefixes give equal keys / values
+    key = batch.input_ids[:, :cut].masked_fill(batch.attention_mask[:, :cut] == 0, -1)
+    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if len(unique) == len(batch):
+        return None
+    rows = torch.arange(len(batch), device=inverse.device)
+    first = torch.full((len(unique),), len(batch), dtype=torch.long, device=inverse.device)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
+    return first, inverse
+
+
+class DecoderTokens(threading.local):
+    """Real (unpadded) tokens this thread's log-prob forwards ran through a decoder, with and without autograd.
+    perf.py counts a phase's model FLOPs from the difference over it: a shared prompt forward runs a group's prompt
+    once, so the batch's token count would credit MFU with work never done. Per thread: a pipelined job's snapshot
+    scores its rollouts in its own thread, outside the trainer's phases."""
+
+    def __init__(self) -> None:
+        self.grad = 0
+        self.no_grad = 0
+
+    def add(self, attention_mask: Tensor) -> None:
+        count = int(attention_mask.sum())
+        if torch.is_grad_enabled():
+            self.grad += count
+        else:
+            self.no_grad += count
+
+    def snapshot(self) -> tuple[int, int]:
+        return self.no_grad, self.grad
+
+    def since(self, snapshot: tuple[int, int]) -> tuple[int, int]:
+        """(no-grad, grad) tokens since `snapshot`."""
+        return self.no_grad - snapshot[0], self.grad - snapshot[1]
+
+
+DECODER_TOKENS = DecoderTokens()
+
+
+# set on a decoder whose cache is not plain per-layer keys / values (sliding-window, recurrent or a model's own
+# cache class): the shared prompt forward falls back to the plain one for it, once told
+NO_SHARED_PROMPT_ATTR = "remix_no_shared_prompt_forward"
+
+
+def _plain_kv_cache(cache, length: int) -> bool:
+    """Whether `cache` is transformers' `DynamicCache` of full-attention `DynamicLayer`s, each holding `length`
+    positions: the only cache whose rows can be repeated by indexing its keys / values."""
+    try:
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+    except ImportError:  # transformers 4.x: a different cache API
+        return False
+    layers = getattr(cache, "layers", None)
+    return (type(cache) is DynamicCache and bool(layers)
+            and all(type(layer) is DynamicLayer and layer.get_seq_length() == length for layer in layers))
+
+
+def can_share_prompt_forward(decoder: torch.nn.Module) -> bool:
+    """Whether the shared prompt forward may run on `decoder`: not where activation checkpointing recomputes its
+    layers in training mode (transformers then drops the cache inside each layer) nor where its cache has shown
+    not to be plain keys / values."""
+    if getattr(decoder, NO_SHARED_PROMPT_ATTR, False):
+        return False
+    checkpointed = getattr(decoder, "is_activation_checkpointing", None)  # transformers >= 5.2x; before: gradient_
+    if checkpointed is None:
+        checkpointed = getattr(decoder, "is_gradient_checkpointing", False)
+    return not (decoder.training and checkpointed)
+
+
+def _cache_name(module: torch.nn.Module) -> str:
+    # recent transformers name the KV-cache argument and output `cache`; older ones `past_key_values`
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def _response_hidden(decoder: torch.nn.Module, batch: TokenBatch, share_prompts: bool = False) -> Tensor:
+    """[b, R, H] final hidden states at positions P-1 .. P+R-2 (those that predict the response tokens).
+
+    `share_prompts` (`train.shared_prompt_forward`): rows that repeat a prompt (a group's samples) run its prefix
+    once. The decoder runs over each distinct prefix (positions 0 .. P-2) with its KV cache kept, autograd
+    included; the cache's rows are repeated for the rows sharing each prefix (index_select: backward sums their
+    gradients into the one prefix), and a second forward runs the rows' own positions P-1 .. P+R-2 over it. The
+    same attention, positions and masks as the plain forward, so the same hidden states up to the order of float
+    additions (tests/test_shared_prompt.py); a group of G samples costs one prompt instead of G (Prefix Grouper's
+    idea, arXiv 2506.05433, done here with the model's own KV cache instead of a patched attention)."""
+    shared = shared_prompt_rows(batch) if share_prompts and can_share_prompt_forward(decoder) else None
+    if shared is not None:
+        first, inverse = shared
+        cut, name = batch.prompt_length - 1, _cache_name(decoder)
+        cache = getattr(decoder(
+            input_ids=batch.input_ids[first, :cut],
+            attention_mask=batch.attention_mask[first, :cut],
+            position_ids=batch.position_ids[first, :cut],
+            use_cache=True,
+        ), name, None)
+        DECODER_TOKENS.add(batch.attention_mask[first, :cut])
+        if _plain_kv_cache(cache, cut):
+            DECODER_TOKENS.add(batch.attention_mask[:, cut:-1])
+            for layer in cache.layers:
+                layer.keys = layer.keys.index_select(0, inverse)
+                layer.values = layer.values.index_select(0, inverse)
+            hidden = decoder(
+                input_ids=batch.input_ids[:, cut:-1],
+                attention_mask=batch.attention_mask[:, :-1],
+                position_ids=batch.position_ids[:, cut:-1],
+                use_cache=True,
+                **{name: cache},
+            ).last_hidden_state
+            # every layer must have attended to the prefix and appended the rows' own positions: a layer that
+            # dropped the cache would have computed the responses without their prompt, silently
+            if any(layer.get_seq_length() != cut + hidden.shape[1] for layer in cache.layers):
+                raise RuntimeError("shared prompt forward: a decoder layer did not use the prompt's KV cache; set "
+                                   "train.shared_prompt_forward=false")
+            return hidden
+        setattr(decoder, NO_SHARED_PROMPT_ATTR, True)
+        logger.warning("train.shared_prompt_forward: %s's KV cache is not plain per-layer keys / values (%s); its "
+                       "log-prob passes run every prompt in full", type(decoder).__name__, type(cache).__name__)
+    DECODER_TOKENS.add(batch.attention_mask[:, :-1])
     hidden = decoder(
         input_ids=batch.input_ids[:, :-1],
         attention_mask=batch.attention_mask[:, :-1],
@@ -160,18 +287,19 @@ LEAN_LOGPROBS_METHOD = "remix_lean_logprobs"
 
 
 def lean_logprobs(model: torch.nn.Module, batch: TokenBatch, temperature: float, chunk_tokens: int,
-                  with_entropy: bool, truncation: Truncation | None = None) -> tuple[Tensor, Tensor | None]:
+                  with_entropy: bool, truncation: Truncation | None = None,
+                  share_prompts: bool = False) -> tuple[Tensor, Tensor | None]:
     """The lean path's flat log-probs (and entropy) of the real response tokens: the LM head runs on them only,
     chunk by chunk (see logprobs.py). The model's head is read here, so under FSDP2 this must run as a forward."""
     keep = batch.response_mask.bool()
-    hidden = _response_hidden(model.get_decoder(), batch)[keep]
+    hidden = _response_hidden(model.get_decoder(), batch, share_prompts)[keep]
     return chunked_logprobs(hidden, lean_head(model), batch.response_ids[keep], temperature, chunk_tokens,
                             with_entropy, truncation)
 
 
 def _logprobs_one(
     model: torch.nn.Module, batch: TokenBatch, temperature: float, with_entropy: bool, chunk_tokens: int | None,
-    truncation: Truncation | None = None,
+    truncation: Truncation | None = None, share_prompts: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     if batch.response_length == 0:  # logits_to_keep=0 would mean "all positions" to HF
         empty = batch.response_mask.new_zeros(batch.response_mask.shape)
@@ -182,7 +310,7 @@ def _logprobs_one(
         # an FSDP2 model runs the lean path as a registered forward method (Distributed.shard): its root's
         # parameters, the LM head's included, are gathered around it and its gradients reduce-scattered after
         lean = getattr(model, LEAN_LOGPROBS_METHOD, None) or functools.partial(lean_logprobs, model)
-        flat_logprobs, flat_entropy = lean(batch, temperature, chunk_tokens, with_entropy, truncation)
+        flat_logprobs, flat_entropy = lean(batch, temperature, chunk_tokens, with_entropy, truncation, share_prompts)
         logprobs = batch.response_mask.new_zeros(batch.response_mask.shape).masked_scatter(keep, flat_logprobs)
         if not with_entropy:
             return logprobs, None
@@ -239,6 +367,7 @@ def token_logprobs(
     max_tokens: int | None = None,
     chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
     truncation: Truncation | None = None,
+    share_prompts: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """[B, R] float32 log-probs of the response tokens under log_softmax(logits / temperature), 0 where masked.
 
@@ -251,13 +380,12 @@ def token_logprobs(
     (and a model whose logits are a plain linear head on the decoder), the head and log-softmax run on the real
     response tokens only, `chunk_tokens` at a time, forward and backward: no [tokens, vocabulary] logits tensor
     exists for the micro-batch. `chunk_tokens=None` is the plain path (the head on all response columns at once).
+    `share_prompts` (lean path only): the rows of a micro-batch that repeat a prompt run it once (`_response_hidden`).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    logprobs, entropy = _per_group(
-        batch, max_tokens, lambda sub: _logprobs_one(model, sub, temperature, with_entropy, chunk_tokens, truncation)
-    )
-    return logprobs, entropy
+    return tuple(_per_group(batch, max_tokens, lambda sub: _logprobs_one(
+        model, sub, temperature, with_entropy, chunk_tokens, truncation, share_prompts)))
 
 
 def _values_one(value_model: torch.nn.Module, batch: TokenBatch) -> tuple[Tensor]:

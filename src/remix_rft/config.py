@@ -196,6 +196,10 @@ class TrainConfig:
     minibatch_size: int = 16  # responses per optimizer step
     micro_batch_tokens: int = 4096  # padded tokens per forward/backward (bounds memory); grads accumulate
     logprob_chunk_tokens: int | None = 512  # response tokens per LM-head chunk (null: whole micro-batch at once)
+    # the rows of a forward that repeat a prompt (a group's samples) run it once: its KV cache, gradients included,
+    # serves them all (batching.py). Same log-probs and gradients as the plain forward up to float rounding; off
+    # where activation checkpointing is on or the model's cache is not plain keys / values; false: the plain forward
+    shared_prompt_forward: bool = True
     lr: float = 1e-6
     critic_lr: float = 1e-5
     weight_decay: float = 0.0

@@ -237,7 +237,8 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
             with gathered(policy):
                 proximal, entropy = token_logprobs(policy, tokens, temperature, with_entropy=True,
                                                    max_tokens=config.train.micro_batch_tokens,
-                                                   chunk_tokens=config.train.logprob_chunk_tokens, truncation=truncation)
+                                                   chunk_tokens=config.train.logprob_chunk_tokens, truncation=truncation,
+                                                   share_prompts=config.train.shared_prompt_forward)
             batch.proximal_logp = proximal.float()
         metrics["entropy"] = float(algos.masked_mean(entropy.float(), mask))
         metrics["logprob/pi_k_from_sampler"] = float(sampler_pi_k)
@@ -288,7 +289,8 @@ def logprob_passes(config: Config, batch: StepBatch, plan: StepPlan, policy: tor
             # true KL is 0 (0.0054 at step 1 with top_p = 0.9). One more forward pass, under top-p / top-k only
             with gathered(policy):
                 full, _ = token_logprobs(policy, tokens, temperature, max_tokens=budget,
-                                         chunk_tokens=config.train.logprob_chunk_tokens)
+                                         chunk_tokens=config.train.logprob_chunk_tokens,
+                                         share_prompts=config.train.shared_prompt_forward)
             kl_logp = full.float()
         if references.reference is not None:
             batch.reference_logp = references.reference_logprobs(tokens, temperature, budget, gathered)
@@ -388,7 +390,8 @@ def sampler_proximal(config: Config, batch: StepBatch, current: torch.Tensor, pl
         if len(rows):
             logp, row_entropy = token_logprobs(policy, batch.tokens.select(rows), config.rollout.temperature,
                                                with_entropy=True, max_tokens=config.train.micro_batch_tokens,
-                                               chunk_tokens=config.train.logprob_chunk_tokens)
+                                               chunk_tokens=config.train.logprob_chunk_tokens,
+                                               share_prompts=config.train.shared_prompt_forward)
             width = proximal.shape[1]  # select() drops the columns that are padding in every selected row
             proximal[rows] = torch.nn.functional.pad(logp.float(), (0, width - logp.shape[1]))
             entropy[rows] = torch.nn.functional.pad(row_entropy.float(), (0, width - row_entropy.shape[1]))
@@ -403,7 +406,8 @@ def generating_logprobs(config: Config, model: torch.nn.Module, rollouts, pad_id
     tokens = collate([r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts], pad_id).to(device)
     with autocast_context(device, config.model.bf16):
         logp, _ = token_logprobs(model, tokens, config.rollout.temperature, max_tokens=config.train.micro_batch_tokens,
-                                 chunk_tokens=config.train.logprob_chunk_tokens, truncation=rollout_truncation(config))
+                                 chunk_tokens=config.train.logprob_chunk_tokens, truncation=rollout_truncation(config),
+                                 share_prompts=config.train.shared_prompt_forward)
     return [logp[row, :len(r.response_ids)].float().cpu() for row, r in enumerate(rollouts)]
 
 

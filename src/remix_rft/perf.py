@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from remix_rft.batching import DECODER_TOKENS
 from remix_rft.hardware import cache_dir, read_json_cache, write_json_cache
 
 
@@ -31,13 +32,22 @@ class StepWork:
     logprob_passes: float  # no-grad policy-sized passes over the batch (pi_k, reference, precedent; a share of one
     # where pi_k's pass ran on some rows only: rollout.reuse_sampler_logprobs)
     update_passes: int  # passes of minibatch updates over the batch (remix.updates_per_batch)
+    # tokens the policy-sized log-prob forwards ran through a decoder (batching.DECODER_TOKENS) in the no-grad passes
+    # and in the update: fewer than batch_tokens x passes where a shared prompt forward ran a group's prompt once.
+    # None: counted from batch_tokens
+    logprob_decoder_tokens: int | None = None
+    update_decoder_tokens: int | None = None
 
     def flops(self) -> dict[str, float]:
         n, critic = self.parameters, self.critic_parameters
+        logprob_tokens = self.batch_tokens * self.logprob_passes if self.logprob_decoder_tokens is None \
+            else self.logprob_decoder_tokens
+        update_tokens = self.batch_tokens * self.update_passes if self.update_decoder_tokens is None \
+            else self.update_decoder_tokens
         return {
             "generation": 2.0 * n * (self.prompt_tokens + self.generated_tokens),
-            "logprobs": 2.0 * (n * self.logprob_passes + critic) * self.batch_tokens,
-            "update": 6.0 * (n + critic) * self.batch_tokens * self.update_passes,
+            "logprobs": 2.0 * (n * logprob_tokens + critic * self.batch_tokens),
+            "update": 6.0 * (n * update_tokens + critic * self.batch_tokens * self.update_passes),
         }
 
 
@@ -116,10 +126,13 @@ def peak_flops_per_s(device: torch.device, bf16: bool, configured_tflops: float 
     return measured
 
 
-def step_work(policy: torch.nn.Module, critic, references, batch, rollouts, plan, sampler_pi_k: bool = False
-              ) -> StepWork:
+def step_work(policy: torch.nn.Module, critic, references, batch, rollouts, plan, sampler_pi_k: bool = False,
+              counted_since: tuple[int, int] | None = None) -> StepWork:
     """The model work of one trainer step (this rank's share under torchrun; parameter counts are global).
-    `sampler_pi_k`: this step's fresh rows took pi_k from the sampler, so pi_k's pass ran on the other rows only."""
+    `sampler_pi_k`: this step's fresh rows took pi_k from the sampler, so pi_k's pass ran on the other rows only.
+    `counted_since`: a `DECODER_TOKENS.snapshot()` taken before the log-prob passes: the FLOP count then uses the
+    tokens the policy-sized forwards ran since (no-grad: the passes; with grad: the update), not the batch's."""
+    decoder_tokens = None if counted_since is None else DECODER_TOKENS.since(counted_since)
     tokens = batch.tokens.attention_mask.sum(dim=1)
     pi_k_share = 1.0
     if sampler_pi_k:
@@ -133,4 +146,6 @@ def step_work(policy: torch.nn.Module, critic, references, batch, rollouts, plan
         batch_tokens=int(batch.tokens.attention_mask.sum()),
         logprob_passes=pi_k_share + (references.reference is not None)
         + (references.lagged is not None and plan.kl_convex_weight < 1.0),
-        update_passes=plan.updates_per_batch)
+        update_passes=plan.updates_per_batch,
+        logprob_decoder_tokens=None if decoder_tokens is None else decoder_tokens[0],
+        update_decoder_tokens=None if decoder_tokens is None else decoder_tokens[1])

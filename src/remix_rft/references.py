@@ -58,6 +58,7 @@ class FrozenReferences:
             dtype, self.upcast = "float32", False
         shard = (lambda model: dist.shard(model, bf16=config.model.bf16)) if dist is not None else (lambda model: model)
         self.chunk_tokens = config.train.logprob_chunk_tokens
+        self.share_prompts = config.train.shared_prompt_forward
         self.reference = shard(frozen_copy(policy, dtype)) if self.uses_kl else None
         self.lagged = shard(frozen_copy(policy, dtype)) if needs_lagged else None
 
@@ -66,7 +67,7 @@ class FrozenReferences:
         upcast = float32_weights_per_module(model) if self.upcast else contextlib.nullcontext()
         with upcast:
             return token_logprobs(model, tokens, temperature, max_tokens=max_tokens,
-                                  chunk_tokens=self.chunk_tokens)[0].float()
+                                  chunk_tokens=self.chunk_tokens, share_prompts=self.share_prompts)[0].float()
 
     def reference_logprobs(self, tokens: TokenBatch, temperature: float, max_tokens: int | None,
                            gathered: Gathered = _not_sharded) -> torch.Tensor:
@@ -102,6 +103,7 @@ class AdapterReferences:
         self.uses_kl = config.algorithm.kl_coef > 0
         self.needs_lagged = config.lagged_precedent
         self.chunk_tokens = config.train.logprob_chunk_tokens
+        self.share_prompts = config.train.shared_prompt_forward
         self.reference_adapter: dict[str, torch.Tensor] | None = None  # after reincarnation: the policy's adapter then
         self.precedent_adapter: dict[str, torch.Tensor] | None = None  # pi_{k-1}'s adapter; None: pi_k's (step 1)
 
@@ -115,7 +117,7 @@ class AdapterReferences:
 
     def _logprobs(self, tokens: TokenBatch, temperature: float, max_tokens: int | None) -> torch.Tensor:
         return token_logprobs(self.policy, tokens, temperature, max_tokens=max_tokens,
-                              chunk_tokens=self.chunk_tokens)[0].float()
+                              chunk_tokens=self.chunk_tokens, share_prompts=self.share_prompts)[0].float()
 
     def reference_logprobs(self, tokens: TokenBatch, temperature: float, max_tokens: int | None,
                            gathered: Gathered = _not_sharded) -> torch.Tensor:

@@ -221,6 +221,7 @@ class Trainer(TrainingRun):
         # the KL trigger of adaptive reincarnation reads kl/precedent on every mix-phase step
         watch_kl = self.reincarnation is not None and plan.phase == "mix"
         sampler_pi_k = self.sampler_pi_k.active  # the run's first step runs the pass anyway, to check the sampler
+        counted = perf.DECODER_TOKENS.snapshot()  # the passes' and the update's FLOPs: the tokens they ran (perf.py)
         with self.watchdog.phase("logprobs"):
             pass_metrics = experience.logprob_passes(cfg, batch, plan, self.policy, self.references,
                                                      self.critic.model if self.critic else None, self.dist.gathered,
@@ -262,7 +263,7 @@ class Trainer(TrainingRun):
         # freed pages back to the OS before the step's memory is read: between steps only what is live stays
         # resident, and memory/rss_mb tracks that, not how far the allocator's decay timer had got (README, Memory)
         return_free_pages()
-        work = perf.step_work(self.policy, self.critic, self.references, batch, rollouts, plan, sampler_pi_k)
+        work = perf.step_work(self.policy, self.critic, self.references, batch, rollouts, plan, sampler_pi_k, counted)
         peak_flops = perf.peak_flops_per_s(self.device, cfg.model.bf16, cfg.train.peak_tflops)
         record = {**experience.step_record(step, plan, rollouts, fresh.scores, batch, replay_groups, self.state),
                   "buffer/groups": len(self.buffer), "lr": self.actor.lr, **signal, **self.generator.metrics(),
