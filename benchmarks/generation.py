@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--engines", default="hf,vllm", help="hf, hf-plain (the HF engine decoding finished rows "
                         "to the batch's end, as before compaction), hf-dynamic (the HF engine on transformers' "
-                        "growing DynamicCache, as before its preallocated cache), vllm")
+                        "growing DynamicCache, as before its preallocated cache), hf-unshared (the HF engine "
+                        "prefilling every sample's prompt, as before shared prefill), vllm")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (HF) / bf16 weights (vLLM)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=None,
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if name.startswith("hf"):  # hf-plain: every row decoded to the batch's end (no compaction)
             options = {"max_batch_size": args.hf_max_batch_size, "autocast_bf16": args.bf16,
-                       "compact": name != "hf-plain", "preallocate": name != "hf-dynamic"}
+                       "compact": name != "hf-plain", "preallocate": name != "hf-dynamic",
+                       "share_prompts": name != "hf-unshared"}
         else:
             options = {"seed": 0, **({"dtype": "bfloat16"} if args.bf16 else {})}
         engine = build_engine("hf" if name.startswith("hf") else name, model, tokenizer, **options)
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             close()
 
     header = ["batch (responses)"] + [f"{name} tokens/s" for name in results]
-    ratios = [(a, b) for a, b in (("vllm", "hf"), ("hf", "hf-plain"), ("hf", "hf-dynamic"))
+    ratios = [(a, b) for a, b in (("vllm", "hf"), ("hf", "hf-plain"), ("hf", "hf-dynamic"), ("hf", "hf-unshared"))
               if {a, b} <= set(results)]
     header += [f"{a} / {b}" for a, b in ratios]
     rows = []

@@ -153,6 +153,26 @@ def test_preallocated_cache_changes_no_token(tokenizer, tiny_model, greedy, comp
     assert max(max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) for a, b in zip(new, old)) < 1e-5
 
 
+
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "no-compact"])
+def test_a_prompts_samples_share_its_prefill_and_no_token_changes(tokenizer, tiny_model, compact):
+    """share_prompts (train.shared_prompt_forward): each distinct prompt is prefilled once and its KV cache rows
+    and last logits repeated for its samples; the same tokens and log-probs as every row's own prefill."""
+    prompts = PROMPTS + [f"Question {i}: what is {i} times {i + 3}?" for i in range(3)]
+    bias_towards_eos(tiny_model, tokenizer.eos_token_id, logit_bias=8.0)  # rows stop at different steps
+    sampling = SamplingParams(max_new_tokens=12, temperature=0.9, seed=5)
+    prefills = []
+    tiny_model.register_forward_hook(
+        lambda module, args, kwargs, out: prefills.append(kwargs["input_ids"].shape[0])
+        if kwargs["input_ids"].shape[1] > 1 else None, with_kwargs=True)
+    shared = HFRolloutEngine(tiny_model, tokenizer, compact=compact).generate(prompts, 3, sampling)
+    plain = HFRolloutEngine(tiny_model, tokenizer, compact=compact, share_prompts=False).generate(prompts, 3,
+                                                                                                sampling)
+    assert prefills == [len(prompts), 3 * len(prompts)]
+    assert len({r.num_tokens for r in plain}) >= 3
+    assert [r.response_ids for r in shared] == [r.response_ids for r in plain]
+    assert max(max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) for a, b in zip(shared, plain)) < 1e-5
+
 def test_preallocated_layer_reads_as_a_dynamic_layer():
     """Writes in place, views of the filled part: the same keys, values, lengths and mask sizes as a DynamicLayer
     through a prefill, decode steps, a row selection and a crop."""

@@ -155,17 +155,35 @@ def shared_prompt_rows(batch: TokenBatch) -> tuple[Tensor, Tensor] | None:
     per distinct prompt prefix (the prompt without its last token, padding included), `inverse` [B] each row's index
     into `first`. None when no two rows share one, or the prompts have a single column (nothing to share)."""
     cut = batch.prompt_length - 1
-    if cut < 1 or len(batch) < 2:
+    if cut < 1:
         return None
-    # left padding and positions follow from the mask, so equal (tokens, mask) prefixes give equal keys / values
-    key = batch.input_ids[:, :cut].masked_fill(batch.attention_mask[:, :cut] == 0, -1)
+    return distinct_rows(batch.input_ids[:, :cut], batch.attention_mask[:, :cut])
+
+
+def distinct_rows(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(first, inverse) of the distinct rows of left-padded `input_ids` [B, L] (padding per `attention_mask`):
+    `first` [u] the first row of each, `inverse` [B] each row's index into `first`; None when all B differ."""
+    if input_ids.shape[0] < 2:
+        return None
+    # left padding and positions follow from the mask, so equal (tokens, mask) rows give equal keys / values
+    key = input_ids.masked_fill(attention_mask == 0, -1)
     unique, inverse = torch.unique(key, dim=0, return_inverse=True)
-    if len(unique) == len(batch):
+    if len(unique) == len(key):
         return None
-    rows = torch.arange(len(batch), device=inverse.device)
-    first = torch.full((len(unique),), len(batch), dtype=torch.long, device=inverse.device)
-    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
-    return first, inverse
+    rows = torch.arange(len(key), device=inverse.device)
+    first = torch.full((len(unique),), len(key), dtype=torch.long, device=inverse.device)
+    return first.scatter_reduce(0, inverse, rows, reduce="amin"), inverse
+
+
+def repeat_kv_rows(cache, length: int, inverse: Tensor) -> bool:
+    """Give every row its prompt's keys / values (`cache`'s row `inverse[row]`) in place; False, leaving it
+    untouched, where `cache` is not plain per-layer keys / values of `length` positions (`_plain_kv_cache`)."""
+    if not _plain_kv_cache(cache, length):
+        return False
+    for layer in cache.layers:  # index_select: in backward, the rows' gradients sum into their one prompt
+        layer.keys = layer.keys.index_select(0, inverse)
+        layer.values = layer.values.index_select(0, inverse)
+    return True
 
 
 class DecoderTokens(threading.local):
@@ -251,11 +269,8 @@ def _response_hidden(decoder: torch.nn.Module, batch: TokenBatch, share_prompts:
             use_cache=True,
         ), name, None)
         DECODER_TOKENS.add(batch.attention_mask[first, :cut])
-        if _plain_kv_cache(cache, cut):
+        if repeat_kv_rows(cache, cut, inverse):
             DECODER_TOKENS.add(batch.attention_mask[:, cut:-1])
-            for layer in cache.layers:
-                layer.keys = layer.keys.index_select(0, inverse)
-                layer.values = layer.values.index_select(0, inverse)
             hidden = decoder(
                 input_ids=batch.input_ids[:, cut:-1],
                 attention_mask=batch.attention_mask[:, :-1],

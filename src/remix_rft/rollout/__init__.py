@@ -40,6 +40,8 @@ def engine_options(config: Config) -> dict[str, Any]:
     options: dict[str, Any] = {"max_batch_size": ro.max_batch_size, "autocast_bf16": config.model.bf16}
     if ro.engine == "hf" and reuses_sampler_logprobs(config)[0]:  # pi_k's entropy metric, from the sampler
         options["with_entropy"] = True
+    if ro.engine == "hf":  # a prompt's samples share its prefill
+        options["share_prompts"] = config.train.shared_prompt_forward
     if ro.engine == "vllm":
         options.update(
             gpu_memory_utilization=ro.gpu_memory_utilization, tensor_parallel_size=ro.tensor_parallel_size,

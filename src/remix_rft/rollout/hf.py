@@ -20,6 +20,7 @@ try:
 except ImportError:  # transformers < 4.56: caches without layers, which preallocate_cache leaves alone
     DynamicCache, DynamicLayer = None, object
 
+from ..batching import distinct_rows, repeat_kv_rows
 from ..logprobs import truncation_keep_mask
 from ..models import autocast_context
 from .base import Rollout, SamplingParams
@@ -181,6 +182,7 @@ class HFRolloutEngine:
         compact: bool = True,
         preallocate: bool = True,
         with_entropy: bool = False,
+        share_prompts: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -191,6 +193,7 @@ class HFRolloutEngine:
         self.compact = compact  # finished rows leave the decode batch (see _sample)
         self.preallocate = preallocate  # False: transformers' DynamicCache as the model made it (see _sample)
         self.with_entropy = with_entropy  # each token's distribution's entropy in Rollout.entropies
+        self.share_prompts = share_prompts  # a prompt's samples share its prefill (train.shared_prompt_forward)
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
@@ -282,14 +285,25 @@ class HFRolloutEngine:
             else None
         rows = torch.arange(batch_size, device=device)  # the full-batch row of each row still decoding
         finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        # a prompt's samples share its prefill (share_prompts): each distinct prompt runs once and its KV cache rows
+        # and last logits are repeated for its samples; the full batch's prefill where the cache is not plain
+        shared = distinct_rows(input_ids, attention_mask) if self.share_prompts else None
+        prefill = slice(None) if shared is None else shared[0]
         outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
+            input_ids=input_ids[prefill],
+            attention_mask=attention_mask[prefill],
+            position_ids=position_ids[prefill],
             use_cache=True,
             logits_to_keep=1,
         )
         cache = getattr(outputs, cache_name)
+        if shared is not None:
+            if repeat_kv_rows(cache, prompt_length, shared[1]):
+                outputs.logits = outputs.logits.index_select(0, shared[1])
+            else:
+                outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                     use_cache=True, logits_to_keep=1)
+                cache = getattr(outputs, cache_name)
         compact = self.compact and rows_can_leave(cache)
         if self.preallocate and steps > 1:  # the last step samples without a forward: prompt_length + steps - 1
             preallocate_cache(cache, prompt_length + steps - 1)
