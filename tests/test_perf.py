@@ -57,7 +57,7 @@ def test_flops_count_the_tokens_the_forwards_ran():
         before = DECODER_TOKENS.snapshot()
         with torch.no_grad():
             token_logprobs(model, tokens, share_prompts=share)
-        ran[share] = DECODER_TOKENS.no_grad - before[0]
+        ran[share] = DECODER_TOKENS.since(before)[0]
     assert ran[False] == (4 + 3 - 1) + (4 + 2)  # 12: every row's prompt
     assert ran[True] == 3 + (1 + 2) + (1 + 2)  # 9: the prefix once, then each row's last prompt token and response
     work = perf.StepWork(parameters=10, critic_parameters=0, generated_tokens=5, prompt_tokens=8, batch_tokens=13,

@@ -165,13 +165,14 @@ def test_a_prompts_samples_share_its_prefill_and_no_token_changes(tokenizer, tin
     tiny_model.register_forward_hook(
         lambda module, args, kwargs, out: prefills.append(kwargs["input_ids"].shape[0])
         if kwargs["input_ids"].shape[1] > 1 else None, with_kwargs=True)
-    shared = HFRolloutEngine(tiny_model, tokenizer, compact=compact).generate(prompts, 3, sampling)
-    plain = HFRolloutEngine(tiny_model, tokenizer, compact=compact, share_prompts=False).generate(prompts, 3,
-                                                                                                sampling)
+    shared = HFRolloutEngine(tiny_model, tokenizer, compact=compact, with_entropy=True).generate(prompts, 3, sampling)
+    plain = HFRolloutEngine(tiny_model, tokenizer, compact=compact, with_entropy=True,
+                            share_prompts=False).generate(prompts, 3, sampling)
     assert prefills == [len(prompts), 3 * len(prompts)]
     assert len({r.num_tokens for r in plain}) >= 3
     assert [r.response_ids for r in shared] == [r.response_ids for r in plain]
     assert max(max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) for a, b in zip(shared, plain)) < 1e-5
+    assert max(max(abs(x - y) for x, y in zip(a.entropies, b.entropies)) for a, b in zip(shared, plain)) < 1e-5
 
 def test_preallocated_layer_reads_as_a_dynamic_layer():
     """Writes in place, views of the filled part: the same keys, values, lengths and mask sizes as a DynamicLayer

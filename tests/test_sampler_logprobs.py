@@ -108,7 +108,9 @@ def test_fresh_rows_take_the_samplers_values_and_replayed_rows_the_pass(tokenize
     fresh = ~reused.is_replay
     assert torch.equal(reused.proximal_logp[fresh], reused.behaviour_logp[fresh])  # the sampler's, as they are
     assert torch.allclose(reused.proximal_logp, recomputed.proximal_logp, atol=1e-5, rtol=0)
-    assert torch.equal(reused.proximal_logp[~fresh], recomputed.proximal_logp[~fresh])
+    # the replayed rows' own pass: its shared prompt forward groups rows otherwise than the full pass's, so float
+    # rounding may differ (train.shared_prompt_forward), not more
+    assert torch.allclose(reused.proximal_logp[~fresh], recomputed.proximal_logp[~fresh], atol=1e-6, rtol=0)
     assert fast["entropy"] == pytest.approx(full["entropy"], abs=1e-5)
     assert fast["logprob/pi_k_from_sampler"] == 1.0 and full["logprob/pi_k_from_sampler"] == 0.0
     assert "logprob_mismatch/mean" in full and "logprob_mismatch/mean" not in fast  # no gap to measure

@@ -21,9 +21,11 @@ PAD = 0
 
 
 def grouped_rows(seed: int, prompts: int, samples: int, vocab: int = 49152):
-    """`prompts` prompts of 2..9 tokens, each repeated for `samples` responses of 0..7 tokens (one of 7 at least)."""
+    """`prompts` prompts of 1..9 tokens (the first of 1: its prefix is all padding), each repeated for `samples`
+    responses of 0..7 tokens (one of 7 at least)."""
     rng = random.Random(seed)
     distinct = [[rng.randrange(3, vocab) for _ in range(rng.randint(2, 9))] for _ in range(prompts)]
+    distinct[0] = distinct[0][:1]
     prompt_ids = [prompt for prompt in distinct for _ in range(samples)]
     responses = [[rng.randrange(3, vocab) for _ in range(rng.randint(0, 7))] for _ in prompt_ids]
     responses[0] = [rng.randrange(3, vocab) for _ in range(7)]
@@ -158,13 +160,51 @@ def test_a_cache_that_is_not_plain_keys_and_values_falls_back_once(monkeypatch, 
     assert torch.equal(first[0], plain[0]) and torch.equal(again[0], plain[0])
 
 
+def test_an_fsdp_sharded_update_runs_the_plain_forward_and_its_no_grad_passes_share(monkeypatch):
+    """Under FSDP2 each layer call of a forward with autograd all-gathers its shards: ranks that share (two calls a
+    layer) and ranks that do not would pair their collectives wrongly, so the update's forward never shares there.
+    The no-grad passes run on gathered parameters (no collectives) and share."""
+    model = build_tiny_model(seed=0).train()
+    monkeypatch.setattr(batching, "_fsdp_sharded", lambda module: True)
+    prompts, responses = grouped_rows(seed=1, prompts=2, samples=3)
+    batch = collate(prompts, responses, PAD)
+    calls = _decoder_calls(model)
+    _run(model, batch, True, torch.ones(2, *batch.response_ids.shape))
+    assert len(calls) == 1
+    with torch.no_grad():
+        _run(model, batch, True)
+    assert len(calls) == 3
+
+
+def test_probe_forwards_are_not_counted_as_training_work():
+    from remix_rft.batching import DECODER_TOKENS
+
+    model = build_tiny_model(seed=0).eval()
+    prompts, responses = grouped_rows(seed=1, prompts=2, samples=3)
+    batch = collate(prompts, responses, PAD)
+    before = DECODER_TOKENS.snapshot()
+    with torch.no_grad(), DECODER_TOKENS.excluded():
+        token_logprobs(model, batch)
+    assert DECODER_TOKENS.since(before) == (0, 0)
+    with torch.no_grad():
+        token_logprobs(model, batch)
+    assert DECODER_TOKENS.since(before)[0] > 0
+
+
 def test_a_training_run_matches_the_plain_forward(tmp_path):
     """remix-grpo on the tiny model, 3 steps (fresh and replayed groups, two update passes), float32: the same
     metrics with the shared prompt forward as without, to float rounding."""
     overrides = ["train.steps=3", "model.dtype=float32", "remix.offpolicy_fraction=0.5", "remix.kl_convex_start=1",
                  "remix.kl_convex_interval=1"]
+    from remix_rft.batching import DECODER_TOKENS
+
+    counted = DECODER_TOKENS.snapshot()
     shared = run_training(tiny_config(tmp_path / "a", "remix-grpo", *overrides))
+    shared_tokens, counted = DECODER_TOKENS.since(counted), DECODER_TOKENS.snapshot()
     plain = run_training(tiny_config(tmp_path / "b", "remix-grpo", *overrides, "train.shared_prompt_forward=false"))
+    plain_tokens = DECODER_TOKENS.since(counted)
+    # both the no-grad passes and the update ran fewer decoder tokens: the shared path was taken in each
+    assert shared_tokens[0] < plain_tokens[0] and shared_tokens[1] < plain_tokens[1]
     for a, b in zip(_comparable(read_lines(shared.run_dir, "train")), _comparable(read_lines(plain.run_dir, "train")),
                     strict=True):
         assert a.keys() == b.keys()

@@ -8,6 +8,7 @@ left padding), which is what HF ``generate`` and our sampler use, so teacher-for
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -190,25 +191,44 @@ class DecoderTokens(threading.local):
     """Real (unpadded) tokens this thread's log-prob forwards ran through a decoder, with and without autograd.
     perf.py counts a phase's model FLOPs from the difference over it: a shared prompt forward runs a group's prompt
     once, so the batch's token count would credit MFU with work never done. Per thread: a pipelined job's snapshot
-    scores its rollouts in its own thread, outside the trainer's phases."""
+    scores its rollouts in its own thread, outside the trainer's phases. The counts stay on the device until read
+    (no host sync per forward)."""
 
     def __init__(self) -> None:
         self.grad = 0
         self.no_grad = 0
+        self._pending: list[tuple[bool, Tensor]] = []
+        self._excluded = 0
 
     def add(self, attention_mask: Tensor) -> None:
-        count = int(attention_mask.sum())
-        if torch.is_grad_enabled():
-            self.grad += count
-        else:
-            self.no_grad += count
+        if not self._excluded:
+            self._pending.append((torch.is_grad_enabled(), attention_mask.sum()))
+
+    def _settle(self) -> None:
+        for grad, count in self._pending:
+            if grad:
+                self.grad += int(count)
+            else:
+                self.no_grad += int(count)
+        self._pending.clear()
 
     def snapshot(self) -> tuple[int, int]:
+        self._settle()
         return self.no_grad, self.grad
 
     def since(self, snapshot: tuple[int, int]) -> tuple[int, int]:
         """(no-grad, grad) tokens since `snapshot`."""
+        self._settle()
         return self.no_grad - snapshot[0], self.grad - snapshot[1]
+
+    @contextlib.contextmanager
+    def excluded(self):
+        """Forwards inside are not the step's training work (the weight-sync check's probe): not counted."""
+        self._excluded += 1
+        try:
+            yield
+        finally:
+            self._excluded -= 1
 
 
 DECODER_TOKENS = DecoderTokens()
@@ -231,12 +251,30 @@ def _plain_kv_cache(cache, length: int) -> bool:
             and all(type(layer) is DynamicLayer and layer.get_seq_length() == length for layer in layers))
 
 
+def _fsdp_sharded(module: torch.nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
 def can_share_prompt_forward(decoder: torch.nn.Module) -> bool:
     """Whether the shared prompt forward may run on `decoder`: not where activation checkpointing recomputes its
-    layers in training mode (transformers then drops the cache inside each layer) nor where its cache has shown
-    not to be plain keys / values."""
+    layers in training mode (transformers then drops the cache inside each layer), not where its cache has shown
+    not to be plain keys / values, and not in an FSDP2-sharded forward with autograd (the update): each layer's call
+    all-gathers its shards there, so ranks that share (two calls a layer) and ranks that do not (one) would pair up
+    their collectives wrongly, and the prefix call's layers would run backward on resharded weights. The no-grad
+    passes run on gathered parameters (`Distributed.gathered`, no collectives), so they share on any rank."""
     if getattr(decoder, NO_SHARED_PROMPT_ATTR, False):
         return False
+    if torch.is_grad_enabled():
+        sharded = getattr(decoder, "_remix_fsdp_sharded", None)
+        if sharded is None:
+            sharded = _fsdp_sharded(decoder)
+            decoder._remix_fsdp_sharded = sharded  # sharding happens once, before any forward
+        if sharded:
+            return False
     checkpointed = getattr(decoder, "is_activation_checkpointing", None)  # transformers >= 5.2x; before: gradient_
     if checkpointed is None:
         checkpointed = getattr(decoder, "is_gradient_checkpointing", False)

@@ -197,8 +197,9 @@ class TrainConfig:
     micro_batch_tokens: int = 4096  # padded tokens per forward/backward (bounds memory); grads accumulate
     logprob_chunk_tokens: int | None = 512  # response tokens per LM-head chunk (null: whole micro-batch at once)
     # the rows of a forward that repeat a prompt (a group's samples) run it once: its KV cache, gradients included,
-    # serves them all (batching.py). Same log-probs and gradients as the plain forward up to float rounding; off
-    # where activation checkpointing is on or the model's cache is not plain keys / values; false: the plain forward
+    # serves them all (batching.py); the HF sampler shares a prompt's prefill too. Same log-probs and gradients as
+    # the plain forward up to float rounding. Not where activation checkpointing is on, the model's cache is not
+    # plain keys / values, or in the update under torchrun (FSDP2); false: the plain forward everywhere
     shared_prompt_forward: bool = True
     lr: float = 1e-6
     critic_lr: float = 1e-5

@@ -27,7 +27,7 @@ class StepWork:
     parameters: int  # policy parameters (N)
     critic_parameters: int  # 0 without a critic
     generated_tokens: int
-    prompt_tokens: int  # prompt tokens fed to generation (one per generated response)
+    prompt_tokens: int  # prompt tokens generation prefilled (each distinct prompt once)
     batch_tokens: int  # real (unpadded) prompt + response tokens of the training batch
     logprob_passes: float  # no-grad policy-sized passes over the batch (pi_k, reference, precedent; a share of one
     # where pi_k's pass ran on some rows only: rollout.reuse_sampler_logprobs)
@@ -142,7 +142,9 @@ def step_work(policy: torch.nn.Module, critic, references, batch, rollouts, plan
         parameters=sum(p.numel() for p in policy.parameters()),
         critic_parameters=sum(p.numel() for p in critic.model.parameters()) if critic is not None else 0,
         generated_tokens=sum(len(r.response_ids) for r in rollouts),
-        prompt_tokens=sum(len(r.prompt_ids) for r in rollouts),
+        # a prompt's samples share its prefill (the HF engine's shared prefill, vLLM's prefix cache): once a prompt
+        # (with train.shared_prompt_forward=false the HF engine prefills every sample's: MFU then reads low)
+        prompt_tokens=sum(len(ids) for ids in {tuple(r.prompt_ids) for r in rollouts}),
         batch_tokens=int(batch.tokens.attention_mask.sum()),
         logprob_passes=pi_k_share + (references.reference is not None)
         + (references.lagged is not None and plan.kl_convex_weight < 1.0),

@@ -300,7 +300,8 @@ class HFRolloutEngine:
         if shared is not None:
             if repeat_kv_rows(cache, prompt_length, shared[1]):
                 outputs.logits = outputs.logits.index_select(0, shared[1])
-            else:
+            else:  # not plain keys / values: this engine prefills every row from now on
+                self.share_prompts = False
                 outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                      use_cache=True, logits_to_keep=1)
                 cache = getattr(outputs, cache_name)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from remix_rft.batching import collate, token_logprobs
+from remix_rft.batching import DECODER_TOKENS, collate, token_logprobs
 from remix_rft.errors import UserError
 from remix_rft.models import autocast_context
 
@@ -51,7 +51,8 @@ class WeightSyncCheck:
         model.eval()
         batch = collate([self.prompt_ids], [self.response_ids], pad_token_id=0).to(device)
         with autocast_context(device, self.bf16):
-            logp, _ = token_logprobs(model, batch, temperature=1.0)
+            with DECODER_TOKENS.excluded():  # a probe, not the step's work (perf.py)
+                logp, _ = token_logprobs(model, batch, temperature=1.0)
         model.train(was_training)
         return logp[0, :len(self.response_ids)].float().cpu()
 
