@@ -290,7 +290,8 @@ def test_gradient_checkpointing_auto_follows_the_memory_at_hand(tmp_path, monkey
     logged and kept in run_info.json; true / false force it."""
     def checkpointed(trainer: Trainer) -> bool:
         model = trainer.policy  # transformers renamed the flag (the old name warns)
-        return bool(getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing)
+        flag = getattr(model, "is_activation_checkpointing", None)
+        return bool(model.is_gradient_checkpointing if flag is None else flag)
 
     def build(run: str, *overrides: str) -> Trainer:
         return Trainer(load_config("grpo", [*TINY, f"logging.output_dir={tmp_path}", f"logging.run_name={run}",
