@@ -140,7 +140,7 @@ def test_the_readme_is_a_front_door():
     assert len(readme.splitlines()) <= 300
     # the two set-up commands, exactly, with their comments
     for command in ("bash scripts/setup.sh && remix-rft train      # the main job: short ReMix-GRPO run + evaluation "
-                    "table (7 min on 2 bf16 cores)",
+                    "table (5-7 min on 2 CPU cores)",
                     "bash scripts/setup.sh && python -m pytest -q  # the tests"):
         assert f"\n{command}\n" in readme
         assert f"\n{command}\n" in (DOCS / "getting-started.md").read_text()
