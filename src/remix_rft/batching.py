@@ -203,6 +203,8 @@ class DecoderTokens(threading.local):
     def add(self, attention_mask: Tensor) -> None:
         if not self._excluded:
             self._pending.append((torch.is_grad_enabled(), attention_mask.sum()))
+            if len(self._pending) >= 1024:  # a thread that never reads them (a pipelined job's) keeps them bounded
+                self._settle()
 
     def _settle(self) -> None:
         for grad, count in self._pending:
