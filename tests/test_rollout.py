@@ -174,6 +174,26 @@ def test_a_prompts_samples_share_its_prefill_and_no_token_changes(tokenizer, tin
     assert max(max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) for a, b in zip(shared, plain)) < 1e-5
     assert max(max(abs(x - y) for x, y in zip(a.entropies, b.entropies)) for a, b in zip(shared, plain)) < 1e-5
 
+
+def test_a_cache_the_prefill_cannot_share_prefills_every_row_from_then_on(tokenizer, tiny_model, monkeypatch):
+    """A cache that is not plain keys / values (sliding-window, recurrent): the engine prefills the full batch
+    again, the same tokens as without sharing, and stops trying on later calls."""
+    from remix_rft.rollout import hf
+
+    monkeypatch.setattr(hf, "repeat_kv_rows", lambda cache, length, inverse: False)
+    sampling = SamplingParams(max_new_tokens=6, temperature=0.9, seed=3)
+    prefills = []
+    tiny_model.register_forward_hook(
+        lambda module, args, kwargs, out: prefills.append(kwargs["input_ids"].shape[0])
+        if kwargs["input_ids"].shape[1] > 1 else None, with_kwargs=True)
+    engine = HFRolloutEngine(tiny_model, tokenizer)
+    first = engine.generate(PROMPTS, 2, sampling)
+    assert engine.share_prompts is False
+    engine.generate(PROMPTS, 2, sampling)
+    assert prefills == [len(PROMPTS), 2 * len(PROMPTS), 2 * len(PROMPTS)]
+    plain = HFRolloutEngine(tiny_model, tokenizer, share_prompts=False).generate(PROMPTS, 2, sampling)
+    assert [r.response_ids for r in first] == [r.response_ids for r in plain]
+
 def test_preallocated_layer_reads_as_a_dynamic_layer():
     """Writes in place, views of the filled part: the same keys, values, lengths and mask sizes as a DynamicLayer
     through a prefill, decode steps, a row selection and a crop."""
