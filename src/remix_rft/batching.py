@@ -283,7 +283,7 @@ def can_share_prompt_forward(decoder: torch.nn.Module) -> bool:
     return not (decoder.training and checkpointed)
 
 
-def _cache_name(module: torch.nn.Module) -> str:
+def cache_argument_name(module: torch.nn.Module) -> str:
     # recent transformers name the KV-cache argument and output `cache`; older ones `past_key_values`
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
@@ -301,7 +301,7 @@ def _response_hidden(decoder: torch.nn.Module, batch: TokenBatch, share_prompts:
     shared = shared_prompt_rows(batch) if share_prompts and can_share_prompt_forward(decoder) else None
     if shared is not None:
         first, inverse = shared
-        cut, name = batch.prompt_length - 1, _cache_name(decoder)
+        cut, name = batch.prompt_length - 1, cache_argument_name(decoder)
         cache = getattr(decoder(
             input_ids=batch.input_ids[first, :cut],
             attention_mask=batch.attention_mask[first, :cut],

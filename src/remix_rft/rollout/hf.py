@@ -9,7 +9,6 @@ RNG untouched. Positions follow HF's convention for left padding (cumsum(attenti
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -20,7 +19,7 @@ try:
 except ImportError:  # transformers < 4.56: caches without layers, which preallocate_cache leaves alone
     DynamicCache, DynamicLayer = None, object
 
-from ..batching import distinct_rows, repeat_kv_rows
+from ..batching import cache_argument_name, distinct_rows, repeat_kv_rows
 from ..logprobs import truncation_keep_mask
 from ..models import autocast_context
 from .base import Rollout, SamplingParams
@@ -273,10 +272,7 @@ class HFRolloutEngine:
         position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_(min=0)
         eos_ids = torch.tensor(self.eos_token_ids, device=device)
         temperature = sampling.logprob_temperature
-        # Recent transformers name the KV-cache argument and output `cache`; older ones `past_key_values`.
-        cache_name = (
-            "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-        )
+        cache_name = cache_argument_name(self.model)  # `cache` in recent transformers, else `past_key_values`
 
         steps = sampling.max_new_tokens
         all_tokens = torch.full((batch_size, steps), self.pad_token_id, dtype=torch.long, device=device)
