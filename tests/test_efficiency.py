@@ -68,13 +68,34 @@ def test_gpu_preset_plans_runs_per_seed(efficiency):
     assert sweep.value == 0.25 and "rollout.max_new_tokens=256" in sweep.overrides
     assert not any(o.startswith("data.instruction=") for o in sweep.overrides)  # the default "think step by step"
     assert by_dir["remix-grpo-s0"].baseline == "grpo"
+    # issue 34's arms: the informative ReMix arm's options come after the common ReMix settings, so they win
+    informative = by_dir["remix-grpo-informative-s3"]
+    assert informative.config == "remix-grpo" and informative.baseline == "grpo"
+    assert informative.overrides.index("remix.offpolicy_fraction=0.5") > informative.overrides.index(
+        "remix.offpolicy_fraction=0.4")
+    assert {"remix.replay=informative", "remix.history_window=4", "data.selection=skip_uninformative"} <= set(
+        informative.overrides)
+    assert "train.dynamic_sampling=true" in by_dir["grpo-dynamic-s1"].overrides and "grpo-dynamic-s2" not in by_dir
     # --steps changes the study's length, not a run that sets its own
     longer = {s.run_dir: s for s in efficiency.plan_study(preset, steps=150)}
     assert longer["grpo-s0"].steps == 150 and longer["mixppg-utd-200-s0"].steps == 200
     quick = efficiency.plan_study(preset, quick=True)
-    assert len(quick) == 9 and all(s.steps == 2 for s in quick)
+    assert len(quick) == 10 and all(s.steps == 2 for s in quick)
     assert all(s.overrides.index("model.name=tiny-random") > s.overrides.index("train.seed=" + str(s.seed))
                for s in quick)
+
+
+@pytest.mark.parametrize("name", ["cpu", "cpu-reincarnation", "cpu-reuse", "gpu"])
+def test_every_planned_run_resolves_to_a_valid_config(efficiency, name):
+    """Each run's full override list, as the study would launch it, passes the config's checks (no model loaded): a
+    new arm's options fail here, not hours into a study."""
+    from remix_rft.config import load_config
+
+    specs = [s for s in efficiency.plan_study(efficiency.load_preset(name)) if s.engine == "remix"]
+    assert specs
+    for spec in specs:
+        config = load_config(spec.config, spec.overrides)
+        assert config.train.seed == spec.seed and config.train.steps == spec.steps, spec.run_dir
 
 
 def test_preset_errors_name_the_file_and_key(efficiency, tmp_path):
@@ -280,11 +301,12 @@ def test_gpu_preset_quick_end_to_end(efficiency, tmp_path):
     out, docs = tmp_path / "runs", tmp_path / "docs" / "results.md"
     assert efficiency.main(["--preset", "gpu", "--quick", "--out", str(out), "--docs", str(docs)]) == 0
     text = docs.read_text()
-    for label in ("GRPO", "ReMix-GRPO", "w/o raised UTD", "boxed answers only", "Mix-PPG with UTD", "p = 0.1",
-                  "p = 0.6", "Per run over its seeds", "Rollout saving against the baseline", "rollouts to 50%",
+    for label in ("GRPO", "ReMix-GRPO", "ReMix-GRPO (informative)", "w/o raised UTD",
+                  "boxed answers only", "Mix-PPG with UTD", "p = 0.1", "p = 0.6", "Per run over its seeds", "Rollout saving against the baseline", "rollouts to 50%",
                   "self-reflection (first -> last eval)", "Each run's config and overrides"):
         assert label in text, label
-    for name in ("grpo-s0", "grpo-s1", "remix-grpo-s1", "remix-grpo-no-utd-s0", "grpo-s2-boxed",
+    for name in ("grpo-s0", "grpo-s1", "remix-grpo-s1", "remix-grpo-informative-s0",
+                 "remix-grpo-no-utd-s0", "grpo-s2-boxed",
                  "mixppg-utd-200-s0", "sweep-p0.1-s0", "sweep-p0.6-s0"):
         records = efficiency.run_records(out / name)
         assert [x["step"] for x in records if x["type"] == "train"] == [1, 2], name
