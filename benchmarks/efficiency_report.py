@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -56,6 +57,12 @@ class RunSummary:
     def rollouts_to(self, target: float) -> int | None:
         # a small tolerance: 0.5 logged as 0.49999999 from 150/300 still reaches 50%
         return next((rollouts for rollouts, acc in self.accuracy_curve() if acc >= target - 1e-9), None)
+
+    def tokens_to(self, target: float) -> int | None:
+        """Generated tokens (`tokens/total`) up to the first evaluation at or above `target`: the cost in tokens
+        beside the cost in responses (a method whose responses grow pays more per rollout)."""
+        return next((int(e["tokens/total"]) for e in self.evals if e.get("tokens/total") is not None
+                     and float(e["eval/average/pass@1"]) >= target - 1e-9), None)
 
     def seconds_to(self, target: float) -> float | None:
         """Training wall-clock (the steps' `time/step`, evaluations left out) up to the first evaluation at or above
@@ -247,8 +254,8 @@ def _mean_sd(values: list[float]) -> str:
 
 def seed_table(summaries: list[RunSummary], targets: list[float]) -> str:
     """One row per run over its seeds (as the issue's table): values per seed, separated by ' / '."""
-    header = ["run", "seeds", "acc before", *[f"to {_target_name(t)}" for t in targets], "final acc",
-              "final mean ± sd", "rollouts"]
+    header = ["run", "seeds", "acc before", *[f"to {_target_name(t)}" for t in targets],
+              *[f"tokens to {_target_name(t)}" for t in targets], "final acc", "final mean ± sd", "rollouts"]
     rows = []
     for name, runs in _by_name(summaries).items():
         kept = [s for s in runs if not s.excluded and s.evals]
@@ -256,39 +263,49 @@ def seed_table(summaries: list[RunSummary], targets: list[float]) -> str:
             continue
         finals = [s.accuracy_curve()[-1][1] for s in kept]
         reached = [[s.rollouts_to(t) for s in kept] for t in targets]
+        tokens = [[s.tokens_to(t) for s in kept] for t in targets]
         totals = sorted({f"{s.accuracy_curve()[-1][0]:,}" for s in kept})
         rows.append([kept[0].spec.label or name, " / ".join(str(s.spec.seed) for s in kept),
                      " / ".join(_pct(s.accuracy_curve()[0][1]) for s in kept),
                      *[" / ".join("-" if r is None else f"{r:,}" for r in per_seed) for per_seed in reached],
+                     *[" / ".join("-" if n is None else f"{n / 1000:.1f}k" for n in per_seed) for per_seed in tokens],
                      " / ".join(_pct(f) for f in finals), _mean_sd(finals), " / ".join(totals)])
     return markdown_table(header, rows)
 
 
+def _ratios(pairs: list[tuple[RunSummary, RunSummary]], cost) -> str:
+    """Per seed: the baseline's cost to a target over this run's ('-' where either never reached it), and their
+    median where three or more seeds have one (the issue's goals are medians over seeds)."""
+    per_seed = []
+    for run, base in pairs:
+        mine, theirs = cost(run), cost(base)
+        per_seed.append(None if mine is None or theirs is None else theirs / mine)
+    text = " / ".join("-" if r is None else f"{r:.2f}x" for r in per_seed)
+    known = [r for r in per_seed if r is not None]
+    return text + (f" (median {statistics.median(known):.2f}x)" if len(known) >= 3 else "")
+
+
 def savings_table(summaries: list[RunSummary], targets: list[float]) -> str:
-    """Each run with a baseline against it, seed by seed: how many times fewer rollouts it needed to reach each
-    target, and final accuracy and rollouts used."""
+    """Each run with a baseline against it (a row per baseline it names), seed by seed: how many times fewer
+    rollouts and generated tokens it needed to reach each target, and final accuracy and rollouts used."""
     by_key = {(s.spec.name, s.spec.seed): s for s in summaries if not s.excluded and s.evals}
     header = ["run", "vs", "seeds", *[f"fewer rollouts to {_target_name(t)}" for t in targets],
-              "final acc (run vs baseline)", "rollouts used"]
+              *[f"fewer tokens to {_target_name(t)}" for t in targets], "final acc (run vs baseline)",
+              "rollouts used"]
     rows = []
     for name, runs in _by_name(summaries).items():
-        baseline = runs[0].spec.baseline
-        pairs = [(by_key[(name, s.spec.seed)], by_key[(baseline, s.spec.seed)]) for s in runs
-                 if (name, s.spec.seed) in by_key and (baseline, s.spec.seed) in by_key]
-        if not baseline or not pairs:
-            continue
-        ratios = []
-        for target in targets:
-            per_seed = []
-            for run, base in pairs:
-                mine, theirs = run.rollouts_to(target), base.rollouts_to(target)
-                per_seed.append("-" if mine is None or theirs is None else f"{theirs / mine:.2f}x")
-            ratios.append(" / ".join(per_seed))
-        finals = " / ".join(f"{_pct(r.accuracy_curve()[-1][1])} vs {_pct(b.accuracy_curve()[-1][1])}"
-                            for r, b in pairs)
-        used = sorted({f"{r.accuracy_curve()[-1][0]:,} vs {b.accuracy_curve()[-1][0]:,}" for r, b in pairs})
-        rows.append([pairs[0][0].spec.label, pairs[0][1].spec.label, " / ".join(str(r.spec.seed) for r, _ in pairs),
-                     *ratios, finals, " / ".join(used)])
+        for baseline in runs[0].spec.baselines:
+            pairs = [(by_key[(name, s.spec.seed)], by_key[(baseline, s.spec.seed)]) for s in runs
+                     if (name, s.spec.seed) in by_key and (baseline, s.spec.seed) in by_key]
+            if not pairs:
+                continue
+            finals = " / ".join(f"{_pct(r.accuracy_curve()[-1][1])} vs {_pct(b.accuracy_curve()[-1][1])}"
+                                for r, b in pairs)
+            used = sorted({f"{r.accuracy_curve()[-1][0]:,} vs {b.accuracy_curve()[-1][0]:,}" for r, b in pairs})
+            rows.append([pairs[0][0].spec.label, pairs[0][1].spec.label,
+                         " / ".join(str(r.spec.seed) for r, _ in pairs),
+                         *[_ratios(pairs, lambda s, t=t: s.rollouts_to(t)) for t in targets],
+                         *[_ratios(pairs, lambda s, t=t: s.tokens_to(t)) for t in targets], finals, " / ".join(used)])
     return markdown_table(header, rows) if rows else ""
 
 
@@ -505,8 +522,8 @@ def report_text(study: Study, figures: list[Path], report_dir: Path) -> str:
             parts += ["", "Per run over its seeds:", "", seed_table(reference + members, study.targets)]
         savings = savings_table(members, study.targets) if with_seed else ""
         if savings:
-            parts += ["", "Rollout saving against the baseline of the same seed (baseline's rollouts to the target "
-                      "/ this run's; evaluations every few steps, so each figure is as coarse as that grid):", "",
+            parts += ["", "Rollout saving against the baseline of the same seed (baseline's rollouts, or generated "
+                      "tokens, to the target / this run's; evaluations every few steps, so each figure is as coarse as that grid):", "",
                       savings]
     baselines = {s.spec.seed: s for s in summaries if s.spec.name == "grpo" and s.evals}
     if baselines and study.out is not None:  # needs the held-out samples of the run directories

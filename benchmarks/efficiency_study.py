@@ -79,8 +79,9 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
         if data["sweep"].get("group") not in groups:
             raise PresetError(f"{path}: sweep.group must name one of 'groups' ({sorted(groups)})")
     for run in data["runs"]:
-        if run.get("baseline") and run["baseline"] not in names:
-            raise PresetError(f"{path}: run {run['name']!r} has baseline {run['baseline']!r}, which is no run")
+        for baseline in _baselines(run.get("baseline")):
+            if not isinstance(baseline, str) or baseline not in names:
+                raise PresetError(f"{path}: run {run['name']!r} has baseline {baseline!r}, which is no run")
     data["_name"] = path.stem
     return data
 
@@ -96,11 +97,23 @@ class RunSpec:
     run_dir: str = ""  # directory name under --out (default: name)
     config: str = "quickstart"
     steps: int | None = None
-    baseline: str | None = None  # the run this one's rollout saving is measured against (same seed)
+    baselines: tuple[str, ...] = ()  # the runs this one's rollout saving is measured against (same seed)
     value: float | None = None  # the swept value (off-policy fraction) of a sweep run
 
     def __post_init__(self) -> None:
         self.run_dir = self.run_dir or self.name
+
+    @property
+    def baseline(self) -> str | None:
+        """The first baseline: the one the report's figures and headline compare with."""
+        return self.baselines[0] if self.baselines else None
+
+
+def _baselines(value: Any) -> tuple:
+    """A run's `baseline`: one run's name, or a list of them (each gets its own rows in the savings table)."""
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, list) else (value,)
 
 
 def _key(override: str) -> str:
@@ -190,5 +203,5 @@ def plan_study(preset: dict[str, Any], runs: list[str] | None = None, ablations:
                                  label=entry.get("label", entry["name"]), seed=int(seed),
                                  run_dir=template.format(name=entry["name"], seed=seed),
                                  config=entry.get("config") or preset["config"], steps=int(run_steps),
-                                 baseline=entry.get("baseline"), value=entry.get("value")))
+                                 baselines=_baselines(entry.get("baseline")), value=entry.get("value")))
     return specs

@@ -109,6 +109,11 @@ def test_preset_errors_name_the_file_and_key(efficiency, tmp_path):
         efficiency.load_preset(str(bad))
     with pytest.raises(efficiency.PresetError, match=r"built-in presets: \['cpu', 'cpu-reincarnation', 'cpu-reuse', 'gpu'\]"):
         efficiency.load_preset("tpu")
+    reuse = (efficiency.PRESET_DIR / "cpu-reuse.yaml").read_text()
+    assert reuse.count("baseline: grpo,") == 3
+    bad.write_text(reuse.replace("baseline: grpo,", "baseline: [grpo, grpo-dynamc],"))
+    with pytest.raises(efficiency.PresetError, match=r"run 'grpo-dynamic' has baseline 'grpo-dynamc', which is no run"):
+        efficiency.load_preset(str(bad))
 
 
 def test_budget_and_target_arithmetic(efficiency):
@@ -196,11 +201,11 @@ def test_quick_study_end_to_end(efficiency, tmp_path):
     assert (out / "grpo" / "wall.json").read_text() == before
 
 
-def _summary(efficiency, name, seed, curve, baseline=None, label=None, excluded=False):
+def _summary(efficiency, name, seed, curve, baseline=(), label=None, excluded=False, tokens_per_rollout=10):
     spec = efficiency.RunSpec(name, [], "main", label=label or name.upper(), seed=seed, run_dir=f"{name}-s{seed}",
-                              baseline=baseline)
-    evals = [{"type": "eval", "step": 10 * i, "rollouts/total": r, "eval/average/pass@1": a}
-             for i, (r, a) in enumerate(curve)]
+                              baselines=baseline)
+    evals = [{"type": "eval", "step": 10 * i, "rollouts/total": r, "tokens/total": r * tokens_per_rollout,
+              "eval/average/pass@1": a} for i, (r, a) in enumerate(curve)]
     return efficiency.RunSummary(spec, evals=evals, excluded=excluded)
 
 
@@ -208,17 +213,39 @@ def test_seed_and_savings_tables_by_hand(efficiency):
     runs = [
         _summary(efficiency, "grpo", 0, [(0, 0.2), (100, 0.45), (200, 0.55)]),
         _summary(efficiency, "grpo", 1, [(0, 0.1), (100, 0.30), (200, 0.50)]),
-        _summary(efficiency, "remix", 0, [(0, 0.2), (50, 0.50), (150, 0.60)], baseline="grpo"),
-        _summary(efficiency, "remix", 1, [(0, 0.1), (50, 0.35), (150, 0.50)], baseline="grpo"),
-        _summary(efficiency, "remix", 2, [(0, 0.1), (50, 1.0), (150, 1.0)], baseline="grpo", excluded=True),
+        # dynamic sampling: seed 0 only, 100 rollouts to 50%
+        _summary(efficiency, "dyn", 0, [(0, 0.2), (100, 0.50)]),
+        # ReMix's responses are twice as long: its token savings are half its rollout savings
+        _summary(efficiency, "remix", 0, [(0, 0.2), (50, 0.50), (150, 0.60)], baseline=("grpo", "dyn"),
+                 tokens_per_rollout=20),
+        _summary(efficiency, "remix", 1, [(0, 0.1), (50, 0.35), (150, 0.50)], baseline=("grpo", "dyn"),
+                 tokens_per_rollout=20),
+        _summary(efficiency, "remix", 2, [(0, 0.1), (50, 1.0), (150, 1.0)], baseline=("grpo",), excluded=True),
     ]
     seeds = efficiency.seed_table(runs, [0.5])
-    # final 0.55 and 0.50: mean 52.5, sample sd sqrt(2 * 0.025^2) = 3.5 points
-    assert "| GRPO | 0 / 1 | 20.0 / 10.0 | 200 / 200 | 55.0 / 50.0 | 52.5 ± 3.5 | 200 |" in seeds
-    assert "| REMIX | 0 / 1 | 20.0 / 10.0 | 50 / 150 | 60.0 / 50.0 | 55.0 ± 7.1 | 150 |" in seeds
+    # final 0.55 and 0.50: mean 52.5, sample sd sqrt(2 * 0.025^2) = 3.5 points; tokens to 50%: 200 x 10
+    assert "| GRPO | 0 / 1 | 20.0 / 10.0 | 200 / 200 | 2.0k / 2.0k | 55.0 / 50.0 | 52.5 ± 3.5 | 200 |" in seeds
+    assert "| REMIX | 0 / 1 | 20.0 / 10.0 | 50 / 150 | 1.0k / 3.0k | 60.0 / 50.0 | 55.0 ± 7.1 | 150 |" in seeds
     savings = efficiency.savings_table(runs, [0.5])
-    # seed 0: GRPO needs 200, ReMix 50 -> 4x; seed 1: 200 / 150; the excluded seed 2 is left out
-    assert "| REMIX | GRPO | 0 / 1 | 4.00x / 1.33x | 60.0 vs 55.0 / 50.0 vs 50.0 | 150 vs 200 |" in savings
+    # seed 0: GRPO needs 200 rollouts (2,000 tokens), ReMix 50 (1,000) -> 4x and 2x; seed 1: 200 / 150 and
+    # 2,000 / 3,000; the excluded seed 2 is left out
+    assert ("| REMIX | GRPO | 0 / 1 | 4.00x / 1.33x | 2.00x / 0.67x | 60.0 vs 55.0 / 50.0 vs 50.0 | 150 vs 200 |"
+            in savings)
+    # the second baseline gets its own row, over the seeds both have: 100 / 50 rollouts, 1,000 / 1,000 tokens
+    assert "| REMIX | DYN | 0 | 2.00x | 1.00x | 60.0 vs 50.0 | 150 vs 100 |" in savings
+    assert runs[3].spec.baseline == "grpo"
+
+
+def test_savings_give_the_median_over_three_or_more_seeds(efficiency):
+    runs = [_summary(efficiency, "grpo", seed, [(0, 0.1), (100, 0.3), (200, 0.5)]) for seed in range(3)]
+    # ReMix reaches 50% at 50, 100 and never: the median is over the two seeds that reached it, 200/50 and 200/100
+    runs += [_summary(efficiency, "remix", 0, [(0, 0.1), (50, 0.5)], baseline=("grpo",)),
+             _summary(efficiency, "remix", 1, [(0, 0.1), (100, 0.5)], baseline=("grpo",)),
+             _summary(efficiency, "remix", 2, [(0, 0.1), (100, 0.4)], baseline=("grpo",))]
+    savings = efficiency.savings_table(runs, [0.5])
+    assert "| 4.00x / 2.00x / - |" in savings and "median" not in savings
+    runs[-1].evals[-1]["eval/average/pass@1"] = 0.5  # the third seed reaches it too, at 100: 2x
+    assert "| 4.00x / 2.00x / 2.00x (median 2.00x) |" in efficiency.savings_table(runs, [0.5])
 
 
 def test_write_section_keeps_text_outside_its_markers(efficiency, tmp_path):
