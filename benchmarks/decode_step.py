@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from remix_rft.batching import cache_argument_name
 from remix_rft.evaluation import markdown_table
 from remix_rft.models import DEFAULT_MODEL, autocast_context, load_model
 from remix_rft.perf import measure_matmul_flops
@@ -79,18 +80,25 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, dtype="float32").eval()
     vocab = model.config.vocab_size
-    parameters = sum(p.numel() for p in model.parameters())  # a tied head counts once: it is read once
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    # what a step reads whole and multiplies by: every weight (a tied head once) but an untied input embedding, of
+    # which a step looks up a few rows
+    embedding = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings().weight is embedding
+    read = [p for p in model.parameters() if tied or p is not embedding]
+    weight_bytes = sum(p.numel() * p.element_size() for p in read)
+    parameters = sum(p.numel() for p in read)
     bandwidth = memory_bandwidth(weight_bytes)
     peak = measure_matmul_flops(torch.device("cpu"), torch.bfloat16 if args.bf16 else torch.float32)
     head = model.get_output_embeddings()
     head_parameters = head.weight.numel()
 
+    cache_name = cache_argument_name(model)  # `cache` in recent transformers, else `past_key_values`
+
     def full(ids, cache):
-        return model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
+        return getattr(model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_name: cache}), cache_name)
 
     def body(ids, cache):  # the decoder without the LM head
-        return model.model(input_ids=ids, past_key_values=cache, use_cache=True).past_key_values
+        return getattr(model.model(input_ids=ids, use_cache=True, **{cache_name: cache}), cache_name)
 
     stream_floor = weight_bytes / bandwidth
     header = ["rows", "step ms", "without LM head ms", "tokens/s", "streaming floor ms", "compute floor ms",
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             step = step_seconds(full, rows, args.context, vocab, args.repeats)
             without_head = step_seconds(body, rows, args.context, vocab, args.repeats)
             compute_floor = 2 * parameters * rows / peak
-            table_rows.append([str(rows), f"{1e3 * step:.1f}", f"{1e3 * without_head:.1f}", f"{rows / step:.0f}",
+            table_rows.append([str(rows), _ms(step), _ms(without_head), f"{rows / step:.0f}",
                                _ms(stream_floor), _ms(compute_floor),
                                f"{step / max(stream_floor, compute_floor):.1f}x"])
             print(f"[decode] {rows} rows: {1e3 * step:.1f} ms a step", file=sys.stderr)

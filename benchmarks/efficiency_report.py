@@ -59,10 +59,16 @@ class RunSummary:
         return next((rollouts for rollouts, acc in self.accuracy_curve() if acc >= target - 1e-9), None)
 
     def tokens_to(self, target: float) -> int | None:
-        """Generated tokens (`tokens/total`) up to the first evaluation at or above `target`: the cost in tokens
-        beside the cost in responses (a method whose responses grow pays more per rollout)."""
-        return next((int(e["tokens/total"]) for e in self.evals if e.get("tokens/total") is not None
-                     and float(e["eval/average/pass@1"]) >= target - 1e-9), None)
+        """Generated tokens (`tokens/total`) up to the first evaluation at or above `target` (the one `rollouts_to`
+        reads; None where it has no token count): the cost in tokens beside the cost in responses (a method whose
+        responses grow pays more per rollout)."""
+        first = next((e for e in self.evals if float(e["eval/average/pass@1"]) >= target - 1e-9), None)
+        return None if first is None or first.get("tokens/total") is None else int(first["tokens/total"])
+
+    def total(self, key: str) -> int | None:
+        """The run's `rollouts/total` or `tokens/total` at its last evaluation: what it spent in all."""
+        value = self.evals[-1].get(key) if self.evals else None
+        return None if value is None else int(value)
 
     def seconds_to(self, target: float) -> float | None:
         """Training wall-clock (the steps' `time/step`, evaluations left out) up to the first evaluation at or above
@@ -273,16 +279,47 @@ def seed_table(summaries: list[RunSummary], targets: list[float]) -> str:
     return markdown_table(header, rows)
 
 
-def _ratios(pairs: list[tuple[RunSummary, RunSummary]], cost) -> str:
-    """Per seed: the baseline's cost to a target over this run's ('-' where either never reached it), and their
-    median where three or more seeds have one (the issue's goals are medians over seeds)."""
-    per_seed = []
-    for run, base in pairs:
-        mine, theirs = cost(run), cost(base)
-        per_seed.append(None if mine is None or theirs is None else theirs / mine)
-    text = " / ".join("-" if r is None else f"{r:.2f}x" for r in per_seed)
-    known = [r for r in per_seed if r is not None]
-    return text + (f" (median {statistics.median(known):.2f}x)" if len(known) >= 3 else "")
+def _saving(run: RunSummary, base: RunSummary, target: float, key: str) -> tuple[str, float] | None:
+    """How many times less of `key` (rollouts/total or tokens/total) `run` spent than `base` to reach `target`:
+    ("=", ratio) where both reached it; where one never did, the bound its whole spend gives: ("<", base's cost /
+    run's total) when the run never reached it, (">", base's total / run's cost) when the baseline never did; None
+    where neither did."""
+    def cost(s: RunSummary) -> int | None:
+        return s.rollouts_to(target) if key == "rollouts/total" else s.tokens_to(target)
+
+    mine, theirs = cost(run), cost(base)
+    if mine is not None and theirs is not None:
+        return "=", theirs / mine
+    if mine is None and theirs is not None and run.total(key):
+        return "<", theirs / run.total(key)
+    if theirs is None and mine is not None and base.total(key) is not None:
+        return ">", base.total(key) / mine
+    return None
+
+
+def _median_saving(savings: list[tuple[str, float]]) -> str:
+    """The median of per-seed savings where some are bounds: the median is monotone in each seed's value, so it lies
+    between the median of the seeds' lowest possible values ("<x": 0) and that of their highest (">x": unbounded).
+    Exact where those meet, else the bound or the range they give."""
+    low = statistics.median(0.0 if sign == "<" else value for sign, value in savings)
+    high = statistics.median(math.inf if sign == ">" else value for sign, value in savings)
+    if low == high:
+        return f" (median {low:.2f}x)"
+    if math.isinf(high):
+        return f" (median >={low:.2f}x)"
+    if low == 0.0:
+        return f" (median <={high:.2f}x)"
+    return f" (median {low:.2f}-{high:.2f}x)"
+
+
+def _ratios(pairs: list[tuple[RunSummary, RunSummary]], target: float, key: str) -> str:
+    """Per seed: the baseline's cost to `target` over this run's (`_saving`: a bound where only one reached it, '-'
+    where neither did), and their median over the seeds with one, where three or more have (the issue's goals are
+    medians over seeds; a seed where the run never reached the target ranks low, not out)."""
+    per_seed = [_saving(run, base, target, key) for run, base in pairs]
+    text = " / ".join("-" if s is None else f"{'' if s[0] == '=' else s[0]}{s[1]:.2f}x" for s in per_seed)
+    known = [s for s in per_seed if s is not None]
+    return text + (_median_saving(known) if len(known) >= 3 else "")
 
 
 def savings_table(summaries: list[RunSummary], targets: list[float]) -> str:
@@ -304,8 +341,8 @@ def savings_table(summaries: list[RunSummary], targets: list[float]) -> str:
             used = sorted({f"{r.accuracy_curve()[-1][0]:,} vs {b.accuracy_curve()[-1][0]:,}" for r, b in pairs})
             rows.append([pairs[0][0].spec.label, pairs[0][1].spec.label,
                          " / ".join(str(r.spec.seed) for r, _ in pairs),
-                         *[_ratios(pairs, lambda s, t=t: s.rollouts_to(t)) for t in targets],
-                         *[_ratios(pairs, lambda s, t=t: s.tokens_to(t)) for t in targets], finals, " / ".join(used)])
+                         *[_ratios(pairs, t, "rollouts/total") for t in targets],
+                         *[_ratios(pairs, t, "tokens/total") for t in targets], finals, " / ".join(used)])
     return markdown_table(header, rows) if rows else ""
 
 
@@ -522,8 +559,10 @@ def report_text(study: Study, figures: list[Path], report_dir: Path) -> str:
             parts += ["", "Per run over its seeds:", "", seed_table(reference + members, study.targets)]
         savings = savings_table(members, study.targets) if with_seed else ""
         if savings:
-            parts += ["", "Rollout saving against the baseline of the same seed (baseline's rollouts, or generated "
-                      "tokens, to the target / this run's; evaluations every few steps, so each figure is as coarse as that grid):", "",
+            parts += ["", "Rollout saving against each baseline the run names, of the same seed (baseline's "
+                      "rollouts, or generated tokens, to the target / this run's; \"<x\" where the run never reached "
+                      "it, x from all it spent, \">x\" where the baseline never did; evaluations every few steps, "
+                      "so each figure is as coarse as that grid):", "",
                       savings]
     baselines = {s.spec.seed: s for s in summaries if s.spec.name == "grpo" and s.evals}
     if baselines and study.out is not None:  # needs the held-out samples of the run directories

@@ -79,9 +79,15 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
         if data["sweep"].get("group") not in groups:
             raise PresetError(f"{path}: sweep.group must name one of 'groups' ({sorted(groups)})")
     for run in data["runs"]:
-        for baseline in _baselines(run.get("baseline")):
+        baselines = _baselines(run.get("baseline"))
+        if run.get("baseline") is not None and (not baselines or len(set(baselines)) < len(baselines)):
+            raise PresetError(f"{path}: run {run['name']!r}: baseline must name one run or a list of distinct runs, "
+                              f"got {run['baseline']!r}")
+        for baseline in baselines:
             if not isinstance(baseline, str) or baseline not in names:
                 raise PresetError(f"{path}: run {run['name']!r} has baseline {baseline!r}, which is no run")
+            if baseline == run["name"]:
+                raise PresetError(f"{path}: run {run['name']!r} names itself as its baseline")
     data["_name"] = path.stem
     return data
 
@@ -105,7 +111,7 @@ class RunSpec:
 
     @property
     def baseline(self) -> str | None:
-        """The first baseline: the one the report's figures and headline compare with."""
+        """The first baseline (the savings table has a row for each)."""
         return self.baselines[0] if self.baselines else None
 
 

@@ -75,7 +75,8 @@ def test_gpu_preset_plans_runs_per_seed(efficiency):
         "remix.offpolicy_fraction=0.4")
     assert {"remix.replay=informative", "remix.history_window=4", "data.selection=skip_uninformative"} <= set(
         informative.overrides)
-    assert "train.dynamic_sampling=true" in by_dir["grpo-dynamic-s1"].overrides and "grpo-dynamic-s2" not in by_dir
+    assert "train.dynamic_sampling=true" in by_dir["grpo-dynamic-s2"].overrides and "grpo-dynamic-s3" not in by_dir
+    assert informative.baselines == ("grpo", "grpo-dynamic")
     # --steps changes the study's length, not a run that sets its own
     longer = {s.run_dir: s for s in efficiency.plan_study(preset, steps=150)}
     assert longer["grpo-s0"].steps == 150 and longer["mixppg-utd-200-s0"].steps == 200
@@ -114,6 +115,12 @@ def test_preset_errors_name_the_file_and_key(efficiency, tmp_path):
     bad.write_text(reuse.replace("baseline: grpo,", "baseline: [grpo, grpo-dynamc],"))
     with pytest.raises(efficiency.PresetError, match=r"run 'grpo-dynamic' has baseline 'grpo-dynamc', which is no run"):
         efficiency.load_preset(str(bad))
+    for wrong, message in (("[]", "must name one run or a list of distinct runs, got \\[\\]"),
+                           ("[grpo, grpo]", "must name one run or a list of distinct runs"),
+                           ("[grpo, grpo-dynamic]", "run 'grpo-dynamic' names itself as its baseline")):
+        bad.write_text(reuse.replace("baseline: grpo,", f"baseline: {wrong},", 1))
+        with pytest.raises(efficiency.PresetError, match=message):
+            efficiency.load_preset(str(bad))
 
 
 def test_budget_and_target_arithmetic(efficiency):
@@ -238,14 +245,36 @@ def test_seed_and_savings_tables_by_hand(efficiency):
 
 def test_savings_give_the_median_over_three_or_more_seeds(efficiency):
     runs = [_summary(efficiency, "grpo", seed, [(0, 0.1), (100, 0.3), (200, 0.5)]) for seed in range(3)]
-    # ReMix reaches 50% at 50, 100 and never: the median is over the two seeds that reached it, 200/50 and 200/100
+    # ReMix reaches 50% at 50 and 100 rollouts; seed 2 never does in its 100: GRPO's 200 over all of those 100
+    # bounds that seed's saving from above (< 2x), and it ranks low, not out
     runs += [_summary(efficiency, "remix", 0, [(0, 0.1), (50, 0.5)], baseline=("grpo",)),
              _summary(efficiency, "remix", 1, [(0, 0.1), (100, 0.5)], baseline=("grpo",)),
              _summary(efficiency, "remix", 2, [(0, 0.1), (100, 0.4)], baseline=("grpo",))]
-    savings = efficiency.savings_table(runs, [0.5])
-    assert "| 4.00x / 2.00x / - |" in savings and "median" not in savings
-    runs[-1].evals[-1]["eval/average/pass@1"] = 0.5  # the third seed reaches it too, at 100: 2x
-    assert "| 4.00x / 2.00x / 2.00x (median 2.00x) |" in efficiency.savings_table(runs, [0.5])
+    # the median lies between the medians of the lowest (4, 2, 0) and highest (4, 2, 2) values: 2 both
+    assert "| 4.00x / 2.00x / <2.00x (median 2.00x) |" in efficiency.savings_table(runs, [0.5])
+    # with two seeds only: no median
+    assert "| 4.00x / 2.00x |" in efficiency.savings_table(runs[:2] + runs[3:5], [0.5])
+    # seed 1 never reaches it either (< 2x): lows 4, 0, 0 and highs 4, 2, 2 leave the median at most 2x
+    runs[4].evals[-1]["eval/average/pass@1"] = 0.4
+    assert "| 4.00x / <2.00x / <2.00x (median <=2.00x) |" in efficiency.savings_table(runs, [0.5])
+    # the baseline never reaching it bounds the saving from below: GRPO seed 0 tops out at 30% after 200 rollouts
+    runs[0].evals[-1]["eval/average/pass@1"] = 0.3
+    assert "| >4.00x / <2.00x / <2.00x (median <=2.00x) |" in efficiency.savings_table(runs, [0.5])
+    runs[4].evals[-1]["eval/average/pass@1"] = 0.5  # seed 1 back at 2x: lows 4, 2, 0 -> 2; highs inf, 2, 2 -> 2
+    assert "| >4.00x / 2.00x / <2.00x (median 2.00x) |" in efficiency.savings_table(runs, [0.5])
+    # neither reaching it: '-', and that seed is no part of the median
+    runs[5].spec.baselines = ("grpo",)
+    runs[2].evals[-1]["eval/average/pass@1"] = 0.3
+    assert "| >4.00x / 2.00x / - |" in efficiency.savings_table(runs, [0.5])
+
+
+def test_median_saving_is_a_range_where_bounds_point_both_ways(efficiency):
+    from efficiency_report import _median_saving
+
+    assert _median_saving([(">", 1.0), ("<", 2.0), ("=", 3.0)]) == " (median 1.00-3.00x)"
+    assert _median_saving([("=", 1.0), ("=", 3.0), (">", 2.0)]) == " (median 2.00-3.00x)"
+    assert _median_saving([("=", 1.0), ("=", 2.0), ("=", 6.0), ("=", 8.0)]) == " (median 4.00x)"
+    assert _median_saving([(">", 3.0), (">", 5.0), ("=", 1.0)]) == " (median >=3.00x)"
 
 
 def test_write_section_keeps_text_outside_its_markers(efficiency, tmp_path):
