@@ -358,7 +358,8 @@ def test_gpu_preset_quick_end_to_end(efficiency, tmp_path):
     assert efficiency.main(["--preset", "gpu", "--quick", "--out", str(out), "--docs", str(docs)]) == 0
     text = docs.read_text()
     for label in ("GRPO", "ReMix-GRPO", "ReMix-GRPO (informative)", "w/o raised UTD",
-                  "boxed answers only", "Mix-PPG with UTD", "p = 0.1", "p = 0.6", "Per run over its seeds", "Rollout saving against the baseline", "rollouts to 50%",
+                  "boxed answers only", "Mix-PPG with UTD", "p = 0.1", "p = 0.6", "Per run over its seeds",
+                  "Rollout saving against each baseline the run names", "rollouts to 50%",
                   "self-reflection (first -> last eval)", "Each run's config and overrides"):
         assert label in text, label
     for name in ("grpo-s0", "grpo-s1", "remix-grpo-s1", "remix-grpo-informative-s0",
