@@ -13,8 +13,6 @@ both floors beside it, so a goal for generation speed can be checked against wha
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +25,13 @@ from remix_rft.evaluation import markdown_table
 from remix_rft.models import DEFAULT_MODEL, autocast_context, load_model
 from remix_rft.perf import measure_matmul_flops
 from remix_rft.rollout.hf import preallocate_cache
+
+# table_file sits beside this file: importable when it runs as a script and when a test loads it by path
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from table_file import write_table_file  # noqa: E402
 
 
 def memory_bandwidth(size_bytes: int, repeats: int = 10) -> float:
@@ -121,11 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(summary)
     if args.out is not None:
-        cpu = platform.processor() or platform.machine()
-        machine = (f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-                   f"torch {torch.__version__}, 1-minute load average {os.getloadavg()[0]:.1f}")
-        command = "python benchmarks/decode_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        args.out.write_text(f"{table}\n\n{summary}\n\nmachine: {machine}\ncommand: {command}\n")
+        write_table_file(args.out, "decode_step.py", argv, table, summary)
     return 0
 
 

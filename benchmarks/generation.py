@@ -13,8 +13,6 @@ training) for each batch size; tokens/s = generated tokens / wall time of the ge
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,13 @@ from remix_rft.data import format_prompt, load_examples
 from remix_rft.evaluation import markdown_table
 from remix_rft.models import DEFAULT_MODEL, load_model, load_tokenizer
 from remix_rft.rollout import SamplingParams, build_engine
+
+# table_file sits beside this file: importable when it runs as a script and when a test loads it by path
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from table_file import write_table_file  # noqa: E402
 
 # the default job (quickstart): 6 fresh prompts x 4 samples in the mix phase, 48 new tokens, arithmetic problems
 DEFAULT_BATCHES = (24, 128)
@@ -115,11 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(header, rows)
     print(table)
     if args.out is not None:
-        cpu = platform.processor() or platform.machine()
-        machine = (f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-                   f"torch {torch.__version__}, device {args.device}, 1-minute load average {os.getloadavg()[0]:.1f}")
-        command = "python benchmarks/generation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        args.out.write_text(f"{table}\n\nmachine: {machine}\ncommand: {command}\n")
+        write_table_file(args.out, "generation.py", argv, table, device=args.device)
     return 0
 
 

@@ -5,7 +5,9 @@ Real-model smoke tests carry `@pytest.mark.slow`; skip them locally with `-m "no
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -47,3 +49,19 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder {path} not found (set REMIX_DATA_DIR)")
     return path
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """`load_benchmark("speed")`: benchmarks/speed.py loaded by path as the module `speed_benchmark` (once a session),
+    for the tests that keep a benchmark script from rotting."""
+    def load(name: str):
+        module_name = f"{name}_benchmark"
+        if module_name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "benchmarks" / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        return sys.modules[module_name]
+
+    return load

@@ -1,22 +1,8 @@
 """benchmarks/decode_step.py on the tiny random model, so the script cannot rot. Nothing here asserts a time."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "decode_step.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("decode_step_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_decode_step_table_on_the_tiny_model(tmp_path, capsys):
-    decode_step = _module()
+def test_decode_step_table_on_the_tiny_model(load_benchmark, tmp_path):
+    decode_step = load_benchmark("decode_step")
     out = tmp_path / "decode.md"
     assert decode_step.main(["--model", "tiny-random", "--rows", "4,1", "--context", "8", "--repeats", "2",
                              "--out", str(out)]) == 0

@@ -3,21 +3,13 @@ script cannot rot. Nothing here asserts a time: speed is read from the script's 
 
 import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "speed.py"
-
 
 @pytest.fixture(scope="module")
-def speed():
-    spec = importlib.util.spec_from_file_location("speed_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def speed(load_benchmark):
+    return load_benchmark("speed")
 
 
 def _table(text: str) -> tuple[list[str], list[list[str]]]:
