@@ -283,11 +283,13 @@ def _saving(run: RunSummary, base: RunSummary, target: float, key: str) -> tuple
     """How many times less of `key` (rollouts/total or tokens/total) `run` spent than `base` to reach `target`:
     ("=", ratio) where both reached it; where one never did, the bound its whole spend gives: ("<", base's cost /
     run's total) when the run never reached it, (">", base's total / run's cost) when the baseline never did; None
-    where neither did."""
+    where neither did, or where one met it before spending anything."""
     def cost(s: RunSummary) -> int | None:
         return s.rollouts_to(target) if key == "rollouts/total" else s.tokens_to(target)
 
     mine, theirs = cost(run), cost(base)
+    if mine == 0 or theirs == 0:  # met at the first evaluation, before any training: no cost to compare
+        return None
     if mine is not None and theirs is not None:
         return "=", theirs / mine
     if mine is None and theirs is not None and run.total(key):

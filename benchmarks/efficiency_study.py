@@ -80,11 +80,12 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
             raise PresetError(f"{path}: sweep.group must name one of 'groups' ({sorted(groups)})")
     for run in data["runs"]:
         baselines = _baselines(run.get("baseline"))
-        if run.get("baseline") is not None and (not baselines or len(set(baselines)) < len(baselines)):
+        if run.get("baseline") is not None and (not baselines or not all(isinstance(b, str) for b in baselines)
+                                                or len(set(baselines)) < len(baselines)):
             raise PresetError(f"{path}: run {run['name']!r}: baseline must name one run or a list of distinct runs, "
                               f"got {run['baseline']!r}")
         for baseline in baselines:
-            if not isinstance(baseline, str) or baseline not in names:
+            if baseline not in names:
                 raise PresetError(f"{path}: run {run['name']!r} has baseline {baseline!r}, which is no run")
             if baseline == run["name"]:
                 raise PresetError(f"{path}: run {run['name']!r} names itself as its baseline")

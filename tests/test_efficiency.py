@@ -117,6 +117,7 @@ def test_preset_errors_name_the_file_and_key(efficiency, tmp_path):
         efficiency.load_preset(str(bad))
     for wrong, message in (("[]", "must name one run or a list of distinct runs, got \\[\\]"),
                            ("[grpo, grpo]", "must name one run or a list of distinct runs"),
+                           ("[grpo, {name: x}]", "must name one run or a list of distinct runs"),
                            ("[grpo, grpo-dynamic]", "run 'grpo-dynamic' names itself as its baseline")):
         bad.write_text(reuse.replace("baseline: grpo,", f"baseline: {wrong},", 1))
         with pytest.raises(efficiency.PresetError, match=message):
@@ -266,6 +267,8 @@ def test_savings_give_the_median_over_three_or_more_seeds(efficiency):
     runs[5].spec.baselines = ("grpo",)
     runs[2].evals[-1]["eval/average/pass@1"] = 0.3
     assert "| >4.00x / 2.00x / - |" in efficiency.savings_table(runs, [0.5])
+    # a target met at the first evaluation (before any rollout) gives no ratio, not a division by zero
+    assert "| - / - / - |" in efficiency.savings_table(runs, [0.1])
 
 
 def test_median_saving_is_a_range_where_bounds_point_both_ways(efficiency):
