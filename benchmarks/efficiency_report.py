@@ -287,6 +287,8 @@ def _saving(run: RunSummary, base: RunSummary, target: float, key: str) -> tuple
     def cost(s: RunSummary) -> int | None:
         return s.rollouts_to(target) if key == "rollouts/total" else s.tokens_to(target)
 
+    if key == "tokens/total" and any("tokens/total" not in e for e in run.evals + base.evals):
+        return None  # a log without token counts: no token ratio, rather than a bound from a partial count
     mine, theirs = cost(run), cost(base)
     if mine == 0 or theirs == 0:  # met at the first evaluation, before any training: no cost to compare
         return None
@@ -294,7 +296,7 @@ def _saving(run: RunSummary, base: RunSummary, target: float, key: str) -> tuple
         return "=", theirs / mine
     if mine is None and theirs is not None and run.total(key):
         return "<", theirs / run.total(key)
-    if theirs is None and mine is not None and base.total(key) is not None:
+    if theirs is None and mine is not None and base.total(key):
         return ">", base.total(key) / mine
     return None
 
