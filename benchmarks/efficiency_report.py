@@ -54,15 +54,20 @@ class RunSummary:
         within = [acc for rollouts, acc in self.accuracy_curve() if rollouts <= budget]
         return within[-1] if within else None
 
+    def first_eval_at(self, target: float) -> dict | None:
+        """The first evaluation at or above `target`, which every "... to the target" figure reads. A small
+        tolerance: 0.5 logged as 0.49999999 from 150/300 still reaches 50%."""
+        return next((e for e in self.evals if float(e["eval/average/pass@1"]) >= target - 1e-9), None)
+
     def rollouts_to(self, target: float) -> int | None:
-        # a small tolerance: 0.5 logged as 0.49999999 from 150/300 still reaches 50%
-        return next((rollouts for rollouts, acc in self.accuracy_curve() if acc >= target - 1e-9), None)
+        first = self.first_eval_at(target)
+        return None if first is None else int(first["rollouts/total"])
 
     def tokens_to(self, target: float) -> int | None:
-        """Generated tokens (`tokens/total`) up to the first evaluation at or above `target` (the one `rollouts_to`
-        reads; None where it has no token count): the cost in tokens beside the cost in responses (a method whose
-        responses grow pays more per rollout)."""
-        first = next((e for e in self.evals if float(e["eval/average/pass@1"]) >= target - 1e-9), None)
+        """Generated tokens (`tokens/total`) up to the first evaluation at or above `target` (None where it has no
+        token count): the cost in tokens beside the cost in responses (a method whose responses grow pays more per
+        rollout)."""
+        first = self.first_eval_at(target)
         return None if first is None or first.get("tokens/total") is None else int(first["tokens/total"])
 
     def total(self, key: str) -> int | None:
@@ -73,9 +78,10 @@ class RunSummary:
     def seconds_to(self, target: float) -> float | None:
         """Training wall-clock (the steps' `time/step`, evaluations left out) up to the first evaluation at or above
         `target`: the cost in time beside the cost in rollouts."""
-        step = next((int(e["step"]) for e in self.evals if float(e["eval/average/pass@1"]) >= target - 1e-9), None)
-        if step is None:
+        first = self.first_eval_at(target)
+        if first is None:
             return None
+        step = int(first["step"])
         return sum(float(r.get("time/step") or 0.0) for r in self.train if int(r["step"]) <= step)
 
     def reincarnation(self) -> str:
