@@ -194,6 +194,7 @@ def test_a_cache_the_prefill_cannot_share_prefills_every_row_from_then_on(tokeni
     plain = HFRolloutEngine(tiny_model, tokenizer, share_prompts=False).generate(PROMPTS, 2, sampling)
     assert [r.response_ids for r in first] == [r.response_ids for r in plain]
 
+
 def test_preallocated_layer_reads_as_a_dynamic_layer():
     """Writes in place, views of the filled part: the same keys, values, lengths and mask sizes as a DynamicLayer
     through a prefill, decode steps, a row selection and a crop."""
