@@ -25,13 +25,7 @@ from remix_rft.evaluation import markdown_table
 from remix_rft.models import DEFAULT_MODEL, autocast_context, load_model
 from remix_rft.perf import measure_matmul_flops
 from remix_rft.rollout.hf import preallocate_cache
-
-# table_file sits beside this file: importable when it runs as a script and when a test loads it by path
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from table_file import write_table_file  # noqa: E402
+from table_file import write_table_file
 
 
 def memory_bandwidth(size_bytes: int, repeats: int = 10) -> float:

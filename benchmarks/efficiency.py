@@ -28,13 +28,7 @@ import argparse
 import sys
 from pathlib import Path
 
-# the study's modules sit beside this file: importable when it runs as a script (its folder is then sys.path[0])
-# and when a test loads it by path
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from efficiency_report import (  # noqa: E402
+from efficiency_report import (
     REPORT_FIGURES,
     RunSummary,
     Study,
@@ -57,7 +51,7 @@ from efficiency_report import (  # noqa: E402
     wilson_interval,
     write_section,
 )
-from efficiency_runner import (  # noqa: E402
+from efficiency_runner import (
     REPO,
     RUN_ENVIRONMENT,
     TRL_SCRIPT,
@@ -68,7 +62,7 @@ from efficiency_runner import (  # noqa: E402
     run_records,
     run_study,
 )
-from efficiency_study import PRESET_DIR, PresetError, RunSpec, load_preset, plan_study, shared_settings  # noqa: E402
+from efficiency_study import PRESET_DIR, PresetError, RunSpec, load_preset, plan_study, shared_settings
 
 __all__ = [
     "PRESET_DIR", "REPO", "REPORT_FIGURES", "RUN_ENVIRONMENT", "TRL_SCRIPT", "PresetError", "RunSpec", "RunSummary",

@@ -23,13 +23,7 @@ from remix_rft.data import format_prompt, load_examples
 from remix_rft.evaluation import markdown_table
 from remix_rft.models import DEFAULT_MODEL, load_model, load_tokenizer
 from remix_rft.rollout import SamplingParams, build_engine
-
-# table_file sits beside this file: importable when it runs as a script and when a test loads it by path
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from table_file import write_table_file  # noqa: E402
+from table_file import write_table_file
 
 # the default job (quickstart): 6 fresh prompts x 4 samples in the mix phase, 48 new tokens, arithmetic problems
 DEFAULT_BATCHES = (24, 128)

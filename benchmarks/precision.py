@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from soak import run_job  # noqa: E402  (the same subprocess launcher)
+from soak import run_job  # the same subprocess launcher
 
 VARIANTS = {
     "float32": ["model.dtype=float32"],

@@ -42,13 +42,8 @@ from pathlib import Path
 
 import yaml
 
-# the study's runner sits beside this file: importable when it runs as a script and when a test loads it by path
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from efficiency_runner import REPO, run_command, run_environment, run_records  # noqa: E402
-from efficiency_study import RunSpec  # noqa: E402
+from efficiency_runner import REPO, run_command, run_environment, run_records
+from efficiency_study import RunSpec
 
 # setup -> (label, engine, its own overrides): what `remix-rft train --config quickstart` runs besides the shared ones
 SETUPS = {

@@ -54,7 +54,12 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def load_benchmark():
     """`load_benchmark("speed")`: benchmarks/speed.py loaded by path as the module `speed_benchmark` (once a session),
-    for the tests that keep a benchmark script from rotting."""
+    for the tests that keep a benchmark script from rotting. benchmarks/ goes on sys.path first, as it is when a
+    script runs (its folder is sys.path[0]), so the script's imports of its siblings resolve the same way."""
+    folder = str(REPO_ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+
     def load(name: str):
         module_name = f"{name}_benchmark"
         if module_name not in sys.modules:

@@ -1,23 +1,15 @@
 """A reduced efficiency study (tiny random model, 2 steps) so benchmarks/efficiency.py cannot rot."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "efficiency.py"
-
 
 @pytest.fixture(scope="module")
-def efficiency():
-    spec = importlib.util.spec_from_file_location("efficiency_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def efficiency(load_benchmark):
+    return load_benchmark("efficiency")
 
 
 def test_cpu_preset_plans_todays_study(efficiency):

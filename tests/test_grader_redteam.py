@@ -145,14 +145,9 @@ def test_bombs_end_at_reward_zero_without_blocking_the_batch(gold):
     assert elapsed < len(BOMBS) * (timeout + 5)
 
 
-def test_regrade_script_audits_eval_samples(tmp_path, capsys):
+def test_regrade_script_audits_eval_samples(tmp_path, capsys, load_benchmark):
     """benchmarks/regrade.py: the audit tool docs/results.md uses on held-out answers."""
-    import importlib.util
-
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "regrade.py"
-    spec = importlib.util.spec_from_file_location("regrade_benchmark", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("regrade")
     samples = tmp_path / "samples.jsonl"
     rows = [("<|user|>What is 73 - 6?", "67", "73 - 6 = \\boxed{-6 + 73}", True),
             ("<|user|>What is 73 - 6?", "67", "\\boxed{67}", True),
