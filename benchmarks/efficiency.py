@@ -34,6 +34,7 @@ from efficiency_report import (
     Study,
     accuracy_targets,
     band_figures,
+    baseline_paired_table,
     git_commit,
     interval_text,
     machine_description,
@@ -66,11 +67,11 @@ from efficiency_study import PRESET_DIR, PresetError, RunSpec, load_preset, plan
 
 __all__ = [
     "PRESET_DIR", "REPO", "REPORT_FIGURES", "RUN_ENVIRONMENT", "TRL_SCRIPT", "PresetError", "RunSpec", "RunSummary",
-    "Study", "accuracy_targets", "band_figures", "git_commit", "interval_text", "is_finished", "load_preset",
-    "machine_description", "main", "main_table", "mcnemar_exact", "next_action", "paired_table", "plan_study",
-    "records_by_run", "report_figures", "report_text", "rollout_budgets", "run_command", "run_environment",
-    "run_records", "run_study", "savings_table", "seed_table", "shared_settings", "summarise", "sweep_table",
-    "wilson_interval", "write_section",
+    "Study", "accuracy_targets", "band_figures", "baseline_paired_table", "git_commit", "interval_text", "is_finished",
+    "load_preset", "machine_description", "main", "main_table", "mcnemar_exact", "next_action", "paired_table",
+    "plan_study", "records_by_run", "report_figures", "report_text", "rollout_budgets", "run_command",
+    "run_environment", "run_records", "run_study", "savings_table", "seed_table", "shared_settings", "summarise",
+    "sweep_table", "wilson_interval", "write_section",
 ]
 
 

@@ -218,6 +218,44 @@ def paired_table(summaries: list[RunSummary], baseline: RunSummary | dict[int, R
     return markdown_table(header, rows)
 
 
+def _discordant(run: RunSummary, baseline: RunSummary, out: Path, steps: int) -> tuple[int, int, int] | None:
+    """(shared problems, right only in `run`, right only in `baseline`) at each one's final evaluation."""
+    base = final_verdicts(out / baseline.spec.run_dir, baseline.spec.steps or steps)
+    verdicts = final_verdicts(out / run.spec.run_dir, run.spec.steps or steps)
+    shared = set(verdicts) & set(base)
+    if not shared:
+        return None
+    return (len(shared), sum(verdicts[k] and not base[k] for k in shared),
+            sum(base[k] and not verdicts[k] for k in shared))
+
+
+def baseline_paired_table(summaries: list[RunSummary], out: Path, steps: int) -> str:
+    """Each run against each baseline it names, on the same held-out problems at the final evaluation: seed by
+    seed, then pooled over the seeds (each seed's problems are pairs of their own, so the discordant counts add up
+    and one exact McNemar test reads them all: three seeds of 100 problems test like 300)."""
+    by_key = {(s.spec.name, s.spec.seed): s for s in summaries if not s.excluded and s.evals}
+    header = ["run", "vs", "seeds", "right only here vs only in the baseline, per seed", "p per seed",
+              "problems (pooled)", "right only here vs only in the baseline (pooled)", "exact McNemar p (pooled)"]
+    rows = []
+    for name, runs in _by_name(summaries).items():
+        for baseline in runs[0].spec.baselines:
+            pairs = []
+            for s in runs:
+                run, base = by_key.get((name, s.spec.seed)), by_key.get((baseline, s.spec.seed))
+                counts = _discordant(run, base, out, steps) if run and base else None
+                if counts:
+                    pairs.append((run, base, counts))
+            if not pairs:
+                continue
+            shared, here, there = (sum(c[i] for _, _, c in pairs) for i in range(3))
+            rows.append([pairs[0][0].spec.label, pairs[0][1].spec.label,
+                         " / ".join(str(r.spec.seed) for r, _, _ in pairs),
+                         " / ".join(f"{c[1]} vs {c[2]}" for _, _, c in pairs),
+                         " / ".join(f"{mcnemar_exact(c[1], c[2]):.2f}" for _, _, c in pairs),
+                         str(shared), f"{here} vs {there}", f"{mcnemar_exact(here, there):.2f}"])
+    return markdown_table(header, rows) if rows else ""
+
+
 def main_table(summaries: list[RunSummary], budgets: list[int], targets: list[float], with_seed: bool = False,
                self_reflection: bool = False) -> str:
     peak_gpu = {id(s): max((r.get("memory/peak_gpu_mb") or 0 for r in s.train), default=0) / 1024
@@ -584,6 +622,13 @@ def report_text(study: Study, figures: list[Path], report_dir: Path) -> str:
                       "Same held-out problems, greedy answers: problems only one of the two runs gets right, and the "
                       "exact McNemar test on them (p < 0.05: the difference is unlikely to be evaluation noise).", "",
                       table]
+    named = (baseline_paired_table(summaries, study.out, preset.get("steps") or 0)
+             if with_seed and study.out is not None else "")
+    if named:
+        parts += ["", "## Paired against each baseline the run names, at the final evaluation", "",
+                  "Per seed and pooled over the seeds (each seed's held-out problems are pairs of their own, so the "
+                  "discordant counts add up into one exact McNemar test). Each run is read at its own final "
+                  "evaluation, whatever it spent to get there (the savings table gives the rollouts).", "", named]
     if not one_config or with_seed:
         caveat = (" These are the preset's settings; the runs reported here were made elsewhere, with the settings "
                   "their notes give." if study.source else "")

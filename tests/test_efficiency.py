@@ -263,6 +263,29 @@ def test_savings_give_the_median_over_three_or_more_seeds(efficiency):
     assert "| - / - / - |" in efficiency.savings_table(runs, [0.1])
 
 
+def test_pairs_against_each_named_baseline_pool_the_seeds(efficiency, tmp_path):
+    def run(name, seed, verdicts, baseline=()):
+        folder = tmp_path / f"{name}-s{seed}" / "eval" / "step_000004"
+        folder.mkdir(parents=True)
+        folder.joinpath("samples.jsonl").write_text("".join(
+            json.dumps({"benchmark": "arithmetic", "problem_id": f"p{i}", "sample_index": 0, "correct": v}) + "\n"
+            for i, v in enumerate(verdicts)))
+        return _summary(efficiency, name, seed, [(0, 0.1), (50, 0.5)], baseline=baseline)
+
+    runs = [run("grpo", 0, [True, False, False, False, True]), run("dyn", 0, [True, True, True, True, True]),
+            run("grpo", 1, [False, False, False, False, True]), run("dyn", 1, [True, True, True, False, True]),
+            run("remix", 0, [False, False, False, False, False], baseline=("grpo", "dyn")),
+            run("remix", 1, [True, True, True, True, True], baseline=("grpo", "dyn"))]
+    table = efficiency.baseline_paired_table(runs, tmp_path, 4)
+    # vs GRPO: seed 0 right only in GRPO twice (p = 2 x 1/4 = 0.50), seed 1 right only in ReMix 4 times
+    # (2 x 1/16 = 0.125); pooled 4 vs 2 of 10 problems: 2 x (1 + 6 + 15)/64 = 0.6875
+    assert "| REMIX | GRPO | 0 / 1 | 0 vs 2 / 4 vs 0 | 0.50 / 0.12 | 10 | 4 vs 2 | 0.69 |" in table
+    # vs dynamic sampling: 0 vs 5 and 1 vs 0 -> pooled 1 vs 5: 2 x (1 + 6)/64 = 0.21875
+    assert "| REMIX | DYN | 0 / 1 | 0 vs 5 / 1 vs 0 | 0.06 / 1.00 | 10 | 1 vs 5 | 0.22 |" in table
+    assert table.count("\n") == 3  # header, rule, two rows: runs without baselines get none
+    assert efficiency.baseline_paired_table(runs[:4], tmp_path, 4) == ""
+
+
 def test_median_saving_is_a_range_where_bounds_point_both_ways(efficiency):
     from efficiency_report import _median_saving
 
@@ -355,7 +378,8 @@ def test_gpu_preset_quick_end_to_end(efficiency, tmp_path):
     for label in ("GRPO", "ReMix-GRPO", "ReMix-GRPO (informative)", "w/o raised UTD",
                   "boxed answers only", "Mix-PPG with UTD", "p = 0.1", "p = 0.6", "Per run over its seeds",
                   "Rollout saving against each baseline the run names", "rollouts to 50%",
-                  "self-reflection (first -> last eval)", "Each run's config and overrides"):
+                  "self-reflection (first -> last eval)", "Each run's config and overrides",
+                  "Paired against each baseline the run names"):
         assert label in text, label
     for name in ("grpo-s0", "grpo-s1", "remix-grpo-s1", "remix-grpo-informative-s0",
                  "remix-grpo-no-utd-s0", "grpo-s2-boxed",
