@@ -205,28 +205,26 @@ def paired_table(summaries: list[RunSummary], baseline: RunSummary | dict[int, R
         base_run = baselines.get(s.spec.seed) if baselines is not None else baseline
         if base_run is None or s is base_run:
             continue
-        base = final_verdicts(out / base_run.spec.run_dir, base_run.spec.steps or steps)
-        verdicts = final_verdicts(out / s.spec.run_dir, s.spec.steps or steps)
-        shared = sorted(set(verdicts) & set(base))
-        if not shared:
+        counts = _paired_counts(s, base_run, out, steps)
+        if counts is None:
             continue
-        both = sum(verdicts[k] and base[k] for k in shared)
-        only_here = sum(verdicts[k] and not base[k] for k in shared)
-        only_base = sum(base[k] and not verdicts[k] for k in shared)
-        rows.append([_label(s, with_seed), str(len(shared)), str(both), str(only_here), str(only_base),
+        shared, both, only_here, only_base = counts
+        rows.append([_label(s, with_seed), str(shared), str(both), str(only_here), str(only_base),
                      f"{mcnemar_exact(only_here, only_base):.2f}"])
     return markdown_table(header, rows)
 
 
-def _discordant(run: RunSummary, baseline: RunSummary, out: Path, steps: int) -> tuple[int, int, int] | None:
-    """(shared problems, right only in `run`, right only in `baseline`) at each one's final evaluation."""
+def _paired_counts(run: RunSummary, baseline: RunSummary, out: Path,
+                   steps: int) -> tuple[int, int, int, int] | None:
+    """(shared problems, right in both, right only in `run`, right only in `baseline`) at each one's final
+    evaluation; None where they share no problem."""
     base = final_verdicts(out / baseline.spec.run_dir, baseline.spec.steps or steps)
     verdicts = final_verdicts(out / run.spec.run_dir, run.spec.steps or steps)
     shared = set(verdicts) & set(base)
     if not shared:
         return None
-    return (len(shared), sum(verdicts[k] and not base[k] for k in shared),
-            sum(base[k] and not verdicts[k] for k in shared))
+    return (len(shared), sum(verdicts[k] and base[k] for k in shared),
+            sum(verdicts[k] and not base[k] for k in shared), sum(base[k] and not verdicts[k] for k in shared))
 
 
 def baseline_paired_table(summaries: list[RunSummary], out: Path, steps: int) -> str:
@@ -242,16 +240,16 @@ def baseline_paired_table(summaries: list[RunSummary], out: Path, steps: int) ->
             pairs = []
             for s in runs:
                 run, base = by_key.get((name, s.spec.seed)), by_key.get((baseline, s.spec.seed))
-                counts = _discordant(run, base, out, steps) if run and base else None
+                counts = _paired_counts(run, base, out, steps) if run and base else None
                 if counts:
                     pairs.append((run, base, counts))
             if not pairs:
                 continue
-            shared, here, there = (sum(c[i] for _, _, c in pairs) for i in range(3))
+            shared, here, there = (sum(c[i] for _, _, c in pairs) for i in (0, 2, 3))
             rows.append([pairs[0][0].spec.label, pairs[0][1].spec.label,
                          " / ".join(str(r.spec.seed) for r, _, _ in pairs),
-                         " / ".join(f"{c[1]} vs {c[2]}" for _, _, c in pairs),
-                         " / ".join(f"{mcnemar_exact(c[1], c[2]):.2f}" for _, _, c in pairs),
+                         " / ".join(f"{c[2]} vs {c[3]}" for _, _, c in pairs),
+                         " / ".join(f"{mcnemar_exact(c[2], c[3]):.2f}" for _, _, c in pairs),
                          str(shared), f"{here} vs {there}", f"{mcnemar_exact(here, there):.2f}"])
     return markdown_table(header, rows) if rows else ""
 
