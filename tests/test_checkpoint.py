@@ -1,5 +1,6 @@
 """Checkpoint writes are atomic: a crash mid-save leaves the previous checkpoint usable."""
 
+import errno
 import json
 import pickle
 import shutil
@@ -20,6 +21,7 @@ from remix_rft.checkpoint import (
     checkpoint_to_resume,
     latest_checkpoint,
     list_checkpoints,
+    out_of_space,
     read_training_state,
     remove_dead_temp_dirs,
     restore_rng_state,
@@ -27,6 +29,7 @@ from remix_rft.checkpoint import (
     save_checkpoint,
 )
 from remix_rft.cli import main
+from remix_rft.errors import DiskFullError
 from remix_rft.safe_load import UnsafeCheckpointError, load_file, load_sharded
 from remix_rft.trainer import run_training
 
@@ -65,6 +68,83 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path):
     # the next save after the crash succeeds and becomes the latest
     save_checkpoint(tmp_path, 4, _writer("step 4"))
     assert latest_checkpoint(tmp_path).name == "step_000004"
+
+
+class SafetensorLikeError(Exception):
+    """What safetensors raises on a full disk: not an OSError, the errno only in its message."""
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   SafetensorLikeError("Error while serializing: I/O error: No space left on device "
+                                                       "(os error 28)")], ids=["errno", "safetensors"])
+def test_a_full_disk_mid_save_removes_the_half_written_checkpoint_and_keeps_the_last(tmp_path, error):
+    save_checkpoint(tmp_path, 2, _writer("step 2"))
+
+    def filling_write(directory: Path) -> None:
+        (directory / "state.txt").write_text("half")
+        raise error
+
+    with pytest.raises(DiskFullError) as caught:
+        save_checkpoint(tmp_path, 4, filling_write)
+    message = str(caught.value)
+    assert "\n" not in message and "step 4" in message and str(checkpoint_root(tmp_path)) in message
+    assert f"{checkpoint_root(tmp_path) / 'step_000002'}, is kept" in message
+    assert f"remix-rft train --resume {tmp_path}" in message
+    assert isinstance(caught.value, OSError) and caught.value.__cause__ is error
+    # the half-written temp dir is gone (its space freed), the last complete checkpoint is untouched
+    assert sorted(p.name for p in checkpoint_root(tmp_path).iterdir()) == ["latest", "step_000002"]
+    assert (latest_checkpoint(tmp_path) / "state.txt").read_text() == "step 2"
+
+
+def test_only_a_full_disk_is_reported_as_one(tmp_path, monkeypatch):
+    assert not out_of_space(ValueError("bad value"), tmp_path)
+    assert not out_of_space(OSError(errno.EACCES, "Permission denied"), tmp_path)
+    # torch.save's message on a full disk names no errno: a failed write counts only where the disk is nearly full
+    failed = RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                          "data/0: file write failed")
+    assert not out_of_space(failed, tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(total=10**9, used=10**9, free=4096))
+    assert out_of_space(failed, tmp_path)
+    # any other error while writing propagates as it was, and the first save's disk-full needs no earlier checkpoint
+    with pytest.raises(ValueError, match="bad value"):
+        save_checkpoint(tmp_path, 2, lambda _: (_ for _ in ()).throw(ValueError("bad value")))
+    with pytest.raises(DiskFullError, match="no earlier checkpoint exists; free space .* then start the run again"):
+        save_checkpoint(tmp_path, 2, lambda _: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_a_run_whose_disk_fills_ends_with_one_line_and_resumes_from_its_last_checkpoint(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """The CLI on a full disk at step 2's save: exit 2, one line naming the kept checkpoint and the resume command,
+    nothing written before lost; once space is back, the resume finishes the run."""
+    from remix_rft import checkpoint
+    from test_trainer import TINY
+
+    real = checkpoint.write_training_state
+
+    def full_at_step_2(directory: Path, state, phase):
+        if directory.name.startswith(".tmp_step_000002"):
+            (directory / "policy").mkdir()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(directory, state, phase)
+
+    monkeypatch.setattr(checkpoint, "write_training_state", full_at_step_2)
+    out = tmp_path / "runs"
+    argv = ["train", *TINY, "train.steps=3", "checkpoint.every=1", "eval.before_training=false",
+            "eval.after_training=false", f"logging.output_dir={out}", "logging.run_name=r"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("remix-rft train: error: no space left"), err
+    assert f"{out / 'r' / 'checkpoints' / 'step_000001'}, is kept" in errors[0]
+    assert f"remix-rft train --resume {out / 'r'}" in errors[0]
+    assert [p.name for p in list_checkpoints(out / "r")] == ["step_000001"]
+    assert not list(checkpoint_root(out / "r").glob(".tmp_step_*"))
+    monkeypatch.setattr(checkpoint, "write_training_state", real)
+    assert main(["train", "--resume", str(out / "r")]) == 0
+    lines = [json.loads(x) for x in (out / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["type"] == "train"] == [1, 2, 3]
 
 
 def test_resave_same_step_replaces_it(tmp_path):

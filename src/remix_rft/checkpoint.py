@@ -24,6 +24,7 @@ folder's pickles likewise (safe_load.py). A file holding anything else fails wit
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ import torch
 
 from remix_rft import lora
 from remix_rft.distributed import Distributed
-from remix_rft.errors import PathNotFoundError, UsageError
+from remix_rft.errors import DiskFullError, PathNotFoundError, UsageError, one_line
 from remix_rft.models import ValueModel, load_model
 from remix_rft.references import AdapterReferences
 from remix_rft.safe_load import NUMPY_ARRAYS, SafeGlobal, load_file, load_sharded
@@ -89,7 +90,18 @@ def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], kee
         remove_dead_temp_dirs(run_dir)  # left by a save that was killed
         tmp.mkdir()
     dist.barrier()
-    write(tmp)
+    try:
+        write(tmp)
+    except Exception as err:
+        if not out_of_space(err, root):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # frees what this save wrote; the last complete checkpoint stays
+        latest = latest_checkpoint(run_dir)
+        kept = f"the last complete checkpoint, {latest}, is kept" if latest else "no earlier checkpoint exists"
+        resume = f"resume with `remix-rft train --resume {run_dir}`" if latest else "start the run again"
+        raise DiskFullError(f"no space left on the device of {root} while saving the checkpoint of step {step} "
+                            f"({one_line(err)}): the half-written checkpoint was removed and {kept}; free space "
+                            f"(or lower checkpoint.keep), then {resume}") from err
     dist.barrier()
     if not dist.is_main:
         dist.barrier()
@@ -114,6 +126,20 @@ def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], kee
         shutil.rmtree(stale, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def out_of_space(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of disk space: errno ENOSPC, or a library's own error that says so
+    (safetensors: "No space left on device (os error 28)"; torch.save: "file write failed" on a full disk)."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    text = str(error)
+    if "No space left on device" in text or "os error 28" in text:
+        return True
+    try:
+        return "write failed" in text and shutil.disk_usage(folder).free < 64 * 2**20
+    except OSError:
+        return False
 
 
 TEMP_PREFIX = ".tmp_step_"  # a checkpoint being written; never read by resume

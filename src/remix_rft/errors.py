@@ -58,6 +58,11 @@ class PathNotWritableError(UserError, PermissionError):
     """A folder the run must write to (logging.output_dir, a run directory) cannot be written."""
 
 
+class DiskFullError(UserError, OSError):
+    """The disk filled while the run wrote a checkpoint: the half-written one is removed (its space freed) and the
+    last complete checkpoint kept; the message names the folder and the resume command."""
+
+
 class RewardError(UserError, RuntimeError):
     """A user-provided reward misbehaved during a run in a way that would make the step wrong: it hung past its
     timeout, returned NaN / inf / a non-number, a batch of the wrong length, or raised on every response. The message
