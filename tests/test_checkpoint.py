@@ -70,6 +70,13 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step_000004"
 
 
+def _raising(error: BaseException):
+    def write(directory: Path) -> None:
+        raise error
+
+    return write
+
+
 class SafetensorLikeError(Exception):
     """What safetensors raises on a full disk: not an OSError, the errno only in its message."""
 
@@ -107,9 +114,9 @@ def test_only_a_full_disk_is_reported_as_one(tmp_path, monkeypatch):
     assert out_of_space(failed, tmp_path)
     # any other error while writing propagates as it was, and the first save's disk-full needs no earlier checkpoint
     with pytest.raises(ValueError, match="bad value"):
-        save_checkpoint(tmp_path, 2, lambda _: (_ for _ in ()).throw(ValueError("bad value")))
+        save_checkpoint(tmp_path, 2, _raising(ValueError("bad value")))
     with pytest.raises(DiskFullError, match="no earlier checkpoint exists; free space .* then start the run again"):
-        save_checkpoint(tmp_path, 2, lambda _: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+        save_checkpoint(tmp_path, 2, _raising(OSError(errno.ENOSPC, "full")))
     assert latest_checkpoint(tmp_path) is None
 
 
