@@ -95,8 +95,7 @@ def test_a_full_disk_mid_save_removes_the_half_written_checkpoint_and_keeps_the_
         save_checkpoint(tmp_path, 4, filling_write)
     message = str(caught.value)
     assert "\n" not in message and "step 4" in message and str(checkpoint_root(tmp_path)) in message
-    assert f"{checkpoint_root(tmp_path) / 'step_000002'}, is kept" in message
-    assert f"remix-rft train --resume {tmp_path}" in message
+    assert "the half-written checkpoint was removed" in message  # the run adds the kept checkpoint and the command
     assert isinstance(caught.value, OSError) and caught.value.__cause__ is error
     # the half-written temp dir is gone (its space freed), the last complete checkpoint is untouched
     assert sorted(p.name for p in checkpoint_root(tmp_path).iterdir()) == ["latest", "step_000002"]
@@ -112,40 +111,49 @@ def test_only_a_full_disk_is_reported_as_one(tmp_path, monkeypatch):
     assert not out_of_space(failed, tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(total=10**9, used=10**9, free=4096))
     assert out_of_space(failed, tmp_path)
-    # any other error while writing propagates as it was, and the first save's disk-full needs no earlier checkpoint
+    # any other error while writing propagates as it was; a first save's disk-full leaves no checkpoint behind
     with pytest.raises(ValueError, match="bad value"):
         save_checkpoint(tmp_path, 2, _raising(ValueError("bad value")))
-    with pytest.raises(DiskFullError, match="no earlier checkpoint exists; free space .* then start the run again"):
+    with pytest.raises(DiskFullError, match="checkpoint of step 2 .* the half-written checkpoint was removed"):
         save_checkpoint(tmp_path, 2, _raising(OSError(errno.ENOSPC, "full")))
-    assert latest_checkpoint(tmp_path) is None
+    assert latest_checkpoint(tmp_path) is None and not list(checkpoint_root(tmp_path).glob(".tmp_step_*"))
 
 
 def test_a_run_whose_disk_fills_ends_with_one_line_and_resumes_from_its_last_checkpoint(tmp_path, monkeypatch,
                                                                                            capsys):
     """The CLI on a full disk at step 2's save: exit 2, one line naming the kept checkpoint and the resume command,
-    nothing written before lost; once space is back, the resume finishes the run."""
+    nothing written before lost; once space is back, the resume finishes the run. At step 1's save there is nothing
+    to resume, and the line says so."""
     from remix_rft import checkpoint
     from test_trainer import TINY
 
     real = checkpoint.write_training_state
+    full_at = [1]  # the step whose save finds the disk full
 
-    def full_at_step_2(directory: Path, state, phase):
-        if directory.name.startswith(".tmp_step_000002"):
+    def full_at_step(directory: Path, state, phase):
+        if directory.name.startswith(f".tmp_step_{full_at[0]:06d}"):
             (directory / "policy").mkdir()
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(directory, state, phase)
 
-    monkeypatch.setattr(checkpoint, "write_training_state", full_at_step_2)
+    monkeypatch.setattr(checkpoint, "write_training_state", full_at_step)
     out = tmp_path / "runs"
     argv = ["train", *TINY, "train.steps=3", "checkpoint.every=1", "eval.before_training=false",
-            "eval.after_training=false", f"logging.output_dir={out}", "logging.run_name=r"]
-    assert main(argv) == 2
+            "eval.after_training=false", f"logging.output_dir={out}"]
+    assert main([*argv, "logging.run_name=first"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "checkpoint of step 1" in err
+    assert "no checkpoint was saved, so there is nothing to resume; start again with `remix-rft train`" in err
+    assert list_checkpoints(out / "first") == [] and not list(checkpoint_root(out / "first").glob(".tmp_step_*"))
+    full_at[0] = 2
+    assert main([*argv, "logging.run_name=r"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith("remix-rft train: error: no space left"), err
-    assert f"{out / 'r' / 'checkpoints' / 'step_000001'}, is kept" in errors[0]
-    assert f"remix-rft train --resume {out / 'r'}" in errors[0]
+    assert "the half-written checkpoint was removed" in errors[0]
+    assert f"checkpoint {out / 'r' / 'checkpoints' / 'step_000001'}; resume with: remix-rft train --resume {out / 'r'}" \
+        in errors[0]
     assert [p.name for p in list_checkpoints(out / "r")] == ["step_000001"]
     assert not list(checkpoint_root(out / "r").glob(".tmp_step_*"))
     monkeypatch.setattr(checkpoint, "write_training_state", real)

@@ -96,12 +96,10 @@ def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], kee
         if not out_of_space(err, root):
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # frees what this save wrote; the last complete checkpoint stays
-        latest = latest_checkpoint(run_dir)
-        kept = f"the last complete checkpoint, {latest}, is kept" if latest else "no earlier checkpoint exists"
-        resume = f"resume with `remix-rft train --resume {run_dir}`" if latest else "start the run again"
+        # the run adds the checkpoint to resume from and the command (run.resume_hint, which knows the launcher)
         raise DiskFullError(f"no space left on the device of {root} while saving the checkpoint of step {step} "
-                            f"({one_line(err)}): the half-written checkpoint was removed and {kept}; free space "
-                            f"(or lower checkpoint.keep), then {resume}") from err
+                            f"({one_line(err)}): the half-written checkpoint was removed; free space (or lower "
+                            f"checkpoint.keep)") from err
     dist.barrier()
     if not dist.is_main:
         dist.barrier()

@@ -60,7 +60,7 @@ class PathNotWritableError(UserError, PermissionError):
 
 class DiskFullError(UserError, OSError):
     """The disk filled while the run wrote a checkpoint: the half-written one is removed (its space freed) and the
-    last complete checkpoint kept; the message names the folder and the resume command."""
+    last complete checkpoint kept; the run's message names the folder, that checkpoint and the resume command."""
 
 
 class RewardError(UserError, RuntimeError):

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from remix_rft import checkpoint, evaluation, metrics
 from remix_rft.checkpoint import TrainingState
 from remix_rft.distributed import launched_by_torchrun
+from remix_rft.errors import DiskFullError
 from remix_rft.evaluation import pass_at_1_by_benchmark, report_before_after
 from remix_rft.interrupt import StopRequest
 from remix_rft.watchdog import stopping_on_stall, watched
@@ -127,9 +128,13 @@ class TrainingRun:
     def save(self) -> Path:
         phase = self.schedule.plan(max(self.state.step, 1)).phase
         training = self._training_state()
-        path = checkpoint.save_checkpoint(self.run_dir, self.state.step,
-                                          lambda directory: checkpoint.write_training_state(directory, training, phase),
-                                          keep=self.config.checkpoint.keep, dist=self.dist)
+        try:
+            path = checkpoint.save_checkpoint(
+                self.run_dir, self.state.step,
+                lambda directory: checkpoint.write_training_state(directory, training, phase),
+                keep=self.config.checkpoint.keep, dist=self.dist)
+        except DiskFullError as err:  # one line: what happened, the checkpoint kept and the resume command
+            raise DiskFullError(resume_hint(self, str(err))) from err.__cause__
         self._saved_step = self.state.step
         return path
 
