@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import yaml
@@ -214,8 +214,14 @@ def paired_table(summaries: list[RunSummary], baseline: RunSummary | dict[int, R
     return markdown_table(header, rows)
 
 
-def _paired_counts(run: RunSummary, baseline: RunSummary, out: Path,
-                   steps: int) -> tuple[int, int, int, int] | None:
+class PairedCounts(NamedTuple):
+    shared: int  # problems both runs were evaluated on
+    both: int  # right in both
+    only_here: int  # right only in the run
+    only_base: int  # right only in the baseline
+
+
+def _paired_counts(run: RunSummary, baseline: RunSummary, out: Path, steps: int) -> PairedCounts | None:
     """(shared problems, right in both, right only in `run`, right only in `baseline`) at each one's final
     evaluation; None where they share no problem."""
     base = final_verdicts(out / baseline.spec.run_dir, baseline.spec.steps or steps)
@@ -223,8 +229,9 @@ def _paired_counts(run: RunSummary, baseline: RunSummary, out: Path,
     shared = set(verdicts) & set(base)
     if not shared:
         return None
-    return (len(shared), sum(verdicts[k] and base[k] for k in shared),
-            sum(verdicts[k] and not base[k] for k in shared), sum(base[k] and not verdicts[k] for k in shared))
+    return PairedCounts(len(shared), sum(verdicts[k] and base[k] for k in shared),
+                        sum(verdicts[k] and not base[k] for k in shared),
+                        sum(base[k] and not verdicts[k] for k in shared))
 
 
 def baseline_paired_table(summaries: list[RunSummary], out: Path, steps: int) -> str:
@@ -245,11 +252,13 @@ def baseline_paired_table(summaries: list[RunSummary], out: Path, steps: int) ->
                     pairs.append((run, base, counts))
             if not pairs:
                 continue
-            shared, here, there = (sum(c[i] for _, _, c in pairs) for i in (0, 2, 3))
+            per_seed = [c for _, _, c in pairs]
+            shared, here = sum(c.shared for c in per_seed), sum(c.only_here for c in per_seed)
+            there = sum(c.only_base for c in per_seed)
             rows.append([pairs[0][0].spec.label, pairs[0][1].spec.label,
                          " / ".join(str(r.spec.seed) for r, _, _ in pairs),
-                         " / ".join(f"{c[2]} vs {c[3]}" for _, _, c in pairs),
-                         " / ".join(f"{mcnemar_exact(c[2], c[3]):.2f}" for _, _, c in pairs),
+                         " / ".join(f"{c.only_here} vs {c.only_base}" for c in per_seed),
+                         " / ".join(f"{mcnemar_exact(c.only_here, c.only_base):.2f}" for c in per_seed),
                          str(shared), f"{here} vs {there}", f"{mcnemar_exact(here, there):.2f}"])
     return markdown_table(header, rows) if rows else ""
 
